@@ -1,0 +1,100 @@
+"""Every on-disk name of a work folder, in one place.
+
+    RUN/fingerprint.json
+    RUN/plans.json
+    RUN/splits.json
+    RUN/preprocessed/<data_identifier>/<case>.npy | <case>_seg.npy | <case>.json
+    RUN/results/<configuration>/fold_<k>/...
+    RUN/results/selection.json
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def fold_name(fold: int | str) -> str:
+    return f"fold_{fold}"
+
+
+class Workdir:
+    """Names of every artifact below a work folder ``root``. Creates nothing by itself."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # plan stage
+    @property
+    def fingerprint_json(self) -> Path:
+        return self.root / "fingerprint.json"
+
+    @property
+    def plans_json(self) -> Path:
+        return self.root / "plans.json"
+
+    @property
+    def plans_explained_txt(self) -> Path:
+        return self.root / "plans_explained.txt"
+
+    @property
+    def splits_json(self) -> Path:
+        return self.root / "splits.json"
+
+    @property
+    def preprocessed_root(self) -> Path:
+        return self.root / "preprocessed"
+
+    def preprocessed_dir(self, data_identifier: str) -> Path:
+        return self.preprocessed_root / data_identifier
+
+    def case_data_npy(self, data_identifier: str, case_id: str) -> Path:
+        return self.preprocessed_dir(data_identifier) / f"{case_id}.npy"
+
+    def case_seg_npy(self, data_identifier: str, case_id: str) -> Path:
+        return self.preprocessed_dir(data_identifier) / f"{case_id}_seg.npy"
+
+    def case_properties_json(self, data_identifier: str, case_id: str) -> Path:
+        return self.preprocessed_dir(data_identifier) / f"{case_id}.json"
+
+    # train stage
+    @property
+    def results_root(self) -> Path:
+        return self.root / "results"
+
+    def configuration_dir(self, configuration: str) -> Path:
+        return self.results_root / configuration
+
+    def fold_dir(self, configuration: str, fold: int | str) -> Path:
+        return self.configuration_dir(configuration) / fold_name(fold)
+
+    def checkpoint(self, configuration: str, fold: int | str, which: str) -> Path:
+        """``which`` is 'latest', 'best' or 'final'."""
+        if which not in ("latest", "best", "final"):
+            raise ValueError(f"checkpoint kind must be latest, best or final, not {which!r}")
+        return self.fold_dir(configuration, fold) / f"checkpoint_{which}.pt"
+
+    def train_settings_json(self, configuration: str, fold: int | str) -> Path:
+        return self.fold_dir(configuration, fold) / "train_settings.json"
+
+    def training_log_jsonl(self, configuration: str, fold: int | str) -> Path:
+        return self.fold_dir(configuration, fold) / "training_log.jsonl"
+
+    def progress_png(self, configuration: str, fold: int | str) -> Path:
+        return self.fold_dir(configuration, fold) / "progress.png"
+
+    def validation_dir(self, configuration: str, fold: int | str) -> Path:
+        return self.fold_dir(configuration, fold) / "validation"
+
+    def validation_summary_json(self, configuration: str, fold: int | str) -> Path:
+        return self.validation_dir(configuration, fold) / "summary.json"
+
+    def validation_probabilities(self, configuration: str, fold: int | str, case_id: str) -> Path:
+        return self.validation_dir(configuration, fold) / f"{case_id}_probabilities.npz"
+
+    def lowres_predictions_dir(self, configuration: str, fold: int | str) -> Path:
+        """Where a 3d_lowres fold leaves its predictions at the next stage's spacing (cascade input)."""
+        return self.fold_dir(configuration, fold) / "predicted_next_stage"
+
+    # selection stage
+    @property
+    def selection_json(self) -> Path:
+        return self.results_root / "selection.json"

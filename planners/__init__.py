@@ -1,0 +1,1 @@
+"""Built-in planners, registered through the ``autoseg.planners`` entry-point group (see pyproject.toml)."""
