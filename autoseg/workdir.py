@@ -16,6 +16,16 @@ def fold_name(fold: int | str) -> str:
     return f"fold_{fold}"
 
 
+CHECKPOINT_KINDS = ("latest", "best", "final")
+
+
+def checkpoint_filename(which: str) -> str:
+    """File name of a fold's checkpoint; ``which`` is 'latest', 'best' or 'final'."""
+    if which not in CHECKPOINT_KINDS:
+        raise ValueError(f"checkpoint kind must be latest, best or final, not {which!r}")
+    return f"checkpoint_{which}.pt"
+
+
 class Workdir:
     """Names of every artifact below a work folder ``root``. Creates nothing by itself."""
 
@@ -23,6 +33,11 @@ class Workdir:
         self.root = Path(root)
 
     # plan stage
+    @property
+    def manifest_json(self) -> Path:
+        """The validated raw dataset (absolute file paths per case), written by `autoseg plan`."""
+        return self.root / "dataset_manifest.json"
+
     @property
     def fingerprint_json(self) -> Path:
         return self.root / "fingerprint.json"
@@ -68,9 +83,7 @@ class Workdir:
 
     def checkpoint(self, configuration: str, fold: int | str, which: str) -> Path:
         """``which`` is 'latest', 'best' or 'final'."""
-        if which not in ("latest", "best", "final"):
-            raise ValueError(f"checkpoint kind must be latest, best or final, not {which!r}")
-        return self.fold_dir(configuration, fold) / f"checkpoint_{which}.pt"
+        return self.fold_dir(configuration, fold) / checkpoint_filename(which)
 
     def train_settings_json(self, configuration: str, fold: int | str) -> Path:
         return self.fold_dir(configuration, fold) / "train_settings.json"

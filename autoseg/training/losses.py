@@ -1,0 +1,171 @@
+"""Dice + cross-entropy loss with deep supervision, and the per-epoch pseudo-Dice counts.
+
+Shapes: logits ``(B, K, *spatial)`` (K classes, background included), integer targets
+``(B, 1, *spatial)`` (``(B, *spatial)`` is accepted too). A target value of ``-1`` (outside the body
+after crop-to-nonzero) counts as background 0, as in nnU-Net.
+
+nnU-Net semantics are kept: ``total = weight_ce * CE + weight_dice * (-mean soft Dice)``, so a perfect
+prediction gives about ``-weight_dice`` and the loss is negative once Dice exceeds CE. Everything is
+computed in float32, even when the network ran under bf16/fp16 autocast.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+def _target_index(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Integer targets as (B, 1, *spatial) int64 with -1 (and any negative value) mapped to 0."""
+    if target.ndim == logits.ndim - 1:
+        target = target.unsqueeze(1)
+    if target.ndim != logits.ndim or target.shape[1] != 1 or target.shape[2:] != logits.shape[2:] \
+            or target.shape[0] != logits.shape[0]:
+        raise ValueError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}: "
+                         f"expected (B, 1, *spatial) integer labels")
+    target = target.long()
+    return torch.where(target < 0, torch.zeros_like(target), target)
+
+
+def _one_hot(index: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, 1, *spatial) int64 -> (B, K, *spatial) bool, via scatter (no float one-hot copy)."""
+    shape = (index.shape[0], num_classes, *index.shape[2:])
+    onehot = torch.zeros(shape, dtype=torch.bool, device=index.device)
+    onehot.scatter_(1, index, True)
+    return onehot
+
+
+def _soft_dice(probs: torch.Tensor, onehot: torch.Tensor, batch_dice: bool, smooth: float) -> torch.Tensor:
+    """Soft Dice per class from probabilities and a bool one-hot of the same shape.
+
+    Returns (K',) with batch Dice (sums over batch and space) or (B, K') otherwise.
+    """
+    axes = tuple(range(2, probs.ndim))
+    intersect = (probs * onehot).sum(axes)
+    sum_pred = probs.sum(axes)
+    sum_gt = onehot.sum(axes, dtype=probs.dtype)
+    if batch_dice:
+        intersect, sum_pred, sum_gt = intersect.sum(0), sum_pred.sum(0), sum_gt.sum(0)
+    return (2 * intersect + smooth) / torch.clip(sum_gt + sum_pred + smooth, 1e-8)
+
+
+class DiceCELoss(nn.Module):
+    """``weight_ce * CE + weight_dice * (-mean soft Dice)`` on logits and integer targets.
+
+    Soft Dice is nnU-Net's memory-efficient variant: softmax probabilities, a bool one-hot target made
+    by scatter, intersection and sums over the spatial axes (and the batch axis when ``batch_dice``),
+    then the mean over the classes (foreground only unless ``include_background``).
+    """
+
+    def __init__(self, batch_dice: bool, smooth: float = 1e-5, include_background: bool = False,
+                 weight_ce: float = 1.0, weight_dice: float = 1.0):
+        super().__init__()
+        self.batch_dice = bool(batch_dice)
+        self.smooth = float(smooth)
+        self.include_background = bool(include_background)
+        self.weight_ce = float(weight_ce)
+        self.weight_dice = float(weight_dice)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Scalar float32 loss for logits (B, K, *spatial) and targets (B, 1, *spatial)."""
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            logits = logits.float()
+            index = _target_index(target, logits)
+            total = logits.new_zeros(())
+            if self.weight_ce != 0:
+                total = total + self.weight_ce * F.cross_entropy(logits, index[:, 0])
+            if self.weight_dice != 0:
+                probs = torch.softmax(logits, dim=1)
+                with torch.no_grad():
+                    onehot = _one_hot(index, logits.shape[1])
+                if not self.include_background:
+                    probs, onehot = probs[:, 1:], onehot[:, 1:]
+                dice = _soft_dice(probs, onehot, self.batch_dice, self.smooth).mean()
+                total = total - self.weight_dice * dice
+            return total
+
+
+def deep_supervision_weights(n_outputs: int) -> list[float]:
+    """nnU-Net's weights for ``n_outputs`` outputs (highest resolution first).
+
+    ``1 / 2**i``, the last (coarsest) set to 0, normalised to sum 1; e.g. 4 outputs give
+    ``[4/7, 2/7, 1/7, 0]``. A single output gets weight 1.
+    """
+    if n_outputs < 1:
+        raise ValueError(f"n_outputs must be >= 1, found {n_outputs}")
+    if n_outputs == 1:
+        return [1.0]
+    w = [1.0 / 2 ** i for i in range(n_outputs)]
+    w[-1] = 0.0
+    s = sum(w)
+    return [v / s for v in w]
+
+
+class DeepSupervisionLoss(nn.Module):
+    """Weighted sum of ``loss(output_i, target_i)`` over lists of outputs and targets.
+
+    Terms with weight 0 are skipped (not computed). A single tensor output/target pair (deep
+    supervision off) is passed straight to ``loss``.
+    """
+
+    def __init__(self, loss: nn.Module, weights: Sequence[float]):
+        super().__init__()
+        self.loss = loss
+        self.weights = [float(w) for w in weights]
+
+    def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor],
+                targets: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        if isinstance(outputs, torch.Tensor):
+            target = targets if isinstance(targets, torch.Tensor) else targets[0]
+            return self.loss(outputs, target)
+        if len(outputs) != len(targets) or len(outputs) > len(self.weights):
+            raise ValueError(f"deep supervision got {len(outputs)} outputs, {len(targets)} targets and "
+                             f"{len(self.weights)} weights; they must match (one target per output)")
+        total: torch.Tensor | None = None
+        for w, out, tgt in zip(self.weights, outputs, targets):
+            if w == 0.0:
+                continue
+            term = w * self.loss(out, tgt)
+            total = term if total is None else total + term
+        if total is None:
+            raise ValueError("every deep supervision weight is 0: nothing to optimise")
+        return total
+
+
+@torch.no_grad()
+def soft_dice_per_class(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+    """Batch soft Dice of each foreground class: float32 tensor (K-1,), class 1 first (a metric, no grad)."""
+    logits = logits.float()
+    index = _target_index(target, logits)
+    probs = torch.softmax(logits, dim=1)[:, 1:]
+    onehot = _one_hot(index, logits.shape[1])[:, 1:]
+    return _soft_dice(probs, onehot, batch_dice=True, smooth=smooth)
+
+
+@torch.no_grad()
+def hard_dice_counts(logits: torch.Tensor, target: torch.Tensor,
+                     num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Argmax prediction vs target: (tp, fp, fn), each int64 (num_classes - 1,), summed over batch and space.
+
+    Summing these over the validation batches of an epoch and taking ``2tp / (2tp + fp + fn)`` per
+    class gives nnU-Net's "pseudo Dice".
+    """
+    if logits.shape[1] != num_classes:
+        raise ValueError(f"logits have {logits.shape[1]} channels but num_classes is {num_classes}")
+    index = _target_index(target, logits)[:, 0]
+    pred = logits.argmax(1)
+    tp, fp, fn = [], [], []
+    for c in range(1, num_classes):
+        p, t = pred == c, index == c
+        tp.append((p & t).sum())
+        fp.append((p & ~t).sum())
+        fn.append((~p & t).sum())
+    if not tp:
+        empty = torch.zeros(0, dtype=torch.long, device=logits.device)
+        return empty, empty.clone(), empty.clone()
+    return torch.stack(tp).long(), torch.stack(fp).long(), torch.stack(fn).long()
