@@ -1,0 +1,359 @@
+"""Preprocess cases for one configuration: crop, normalize, resample, transpose, store.
+
+Per case (nnU-Net v2 order): crop to the nonzero region (label -1 outside the body), normalize
+each channel (before resampling), resample image and labels to the plan's target spacing, then
+transpose the axes by ``plan.transpose_forward``. The results are written to
+``RUN/preprocessed/<data_identifier>/``: ``<case>.npy`` float32 (C, ...), ``<case>_seg.npy``
+int8/int16 (1, ...) and, last, ``<case>.json`` (:class:`~autoseg.schemas.CaseProperties`), whose
+presence marks the case complete. A case whose json records the current plan hash and source
+hash is skipped, so adding cases only processes the new ones.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ..atomic import atomic_save_npy
+from ..errors import AutosegError
+from ..schemas import (SCHEMA_VERSION, CaseFiles, CaseProperties, ConfigurationPlan, DatasetManifest,
+                       load_json, save_json, stable_hash)
+from ..workdir import Workdir
+from .crop import crop_to_nonzero
+from .normalize import normalize
+from .resample import compute_new_shape, is_dummy_spacing, resample_data, resample_segmentation
+
+logger = logging.getLogger(__name__)
+
+_PROCESS_OVERHEAD_GB = 0.3  # interpreter + numpy/scipy/skimage/SimpleITK in a worker process
+
+
+# --------------------------------------------------------------------------- arrays
+
+def target_spacing_zyx(spacing_zyx: Sequence[float], plan: ConfigurationPlan) -> list[float]:
+    """The spacing (zyx, mm, original axis order) a case with ``spacing_zyx`` is resampled to.
+
+    ``plan.spacing_zyx_mm`` with 3 values is used as is; with 2 values (a 2D configuration of 3D
+    data) they are the spacings of the two axes other than ``plan.transpose_forward[0]`` (in
+    original order) and that axis keeps the case's own spacing, like nnU-Net. An axis whose case
+    spacing or target is the 2D dummy keeps the case's own spacing (it is never resampled).
+    """
+    target = [float(v) for v in plan.spacing_zyx_mm]
+    if len(target) == 2:
+        kept = int(plan.transpose_forward[0])
+        others = [a for a in range(3) if a != kept]
+        full = [float(v) for v in spacing_zyx]
+        for a, v in zip(others, target):
+            full[a] = v
+        target = full
+    if len(target) != 3:
+        raise AutosegError(f"plan '{plan.name}': spacing_zyx_mm {plan.spacing_zyx_mm} has "
+                           f"{len(target)} values; expected 3 (or 2 for a 2D configuration). "
+                           f"Rerun `autoseg plan --overwrite`.")
+    return [float(s) if is_dummy_spacing(s) or is_dummy_spacing(t) else t
+            for s, t in zip(spacing_zyx, target)]
+
+
+def _check_transpose(plan: ConfigurationPlan) -> list[int]:
+    tf = [int(a) for a in plan.transpose_forward]
+    if sorted(tf) != [0, 1, 2]:
+        raise AutosegError(f"plan '{plan.name}': transpose_forward {plan.transpose_forward} is not a "
+                           f"permutation of [0, 1, 2]; rerun `autoseg plan --overwrite`.")
+    return tf
+
+
+def preprocess_arrays(data: np.ndarray, seg: np.ndarray | None, spacing_zyx: Sequence[float],
+                      plan: ConfigurationPlan
+                      ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Crop, normalize, resample and transpose one case held in memory.
+
+    ``data`` (C, Z, Y, X) float, ``seg`` (Z, Y, X) integer labels or None (prediction),
+    ``spacing_zyx`` in mm. Returns ``(data_out, seg_out, info)``: ``data_out`` float32
+    (C, *S) and ``seg_out`` int16 (1, *S) (-1 outside the body) or None, where S is the resampled
+    shape permuted by ``plan.transpose_forward``. ``info`` holds, in the original axis order:
+    ``shape_before_crop``, ``crop_bbox`` ([[z0, z1], [y0, y1], [x0, x1]], half-open),
+    ``shape_after_crop``, ``shape_after_resampling``, ``spacing_before`` and ``spacing_after`` (mm).
+    """
+    if data.ndim != 4:
+        raise ValueError(f"preprocess_arrays expects data (C, Z, Y, X), got shape {data.shape}")
+    if seg is not None:
+        if seg.shape != data.shape[1:]:
+            raise AutosegError(f"label shape {seg.shape} does not match the image shape "
+                               f"{data.shape[1:]}; re-export the label on the image grid")
+        seg = seg.astype(np.int16, copy=False)
+    tf = _check_transpose(plan)
+    spacing = [float(s) for s in spacing_zyx]
+    target = target_spacing_zyx(spacing, plan)
+    shape_before = [int(s) for s in data.shape[1:]]
+
+    data_c, seg_c, bbox, mask_c = crop_to_nonzero(data, seg)
+    norm_mask = seg_c >= 0 if seg_c is not None else mask_c
+    data_n = normalize(data_c, plan.normalization, norm_mask)  # new float32 array; input untouched
+    del data_c, norm_mask
+    shape_after_crop = [int(s) for s in data_n.shape[1:]]
+
+    rs = plan.resampling
+    new_shape = compute_new_shape(shape_after_crop, spacing, target)
+    data_r = resample_data(data_n, new_shape, spacing, target, order=rs.image_order,
+                           separate_z_threshold=rs.separate_z_anisotropy_threshold,
+                           low_res_axis_order=rs.low_res_axis_order)
+    del data_n
+    data_out = np.ascontiguousarray(data_r.transpose(0, *[a + 1 for a in tf]), dtype=np.float32)
+    del data_r
+    seg_out = None
+    if seg_c is not None:
+        seg_r = resample_segmentation(seg_c, new_shape, spacing, target, order=rs.label_order,
+                                      separate_z_threshold=rs.separate_z_anisotropy_threshold,
+                                      low_res_axis_order=rs.low_res_axis_order)
+        seg_out = np.ascontiguousarray(seg_r.transpose(*tf)[None], dtype=np.int16)
+    info = {
+        "shape_before_crop": shape_before,
+        "crop_bbox": [[int(lo), int(hi)] for lo, hi in bbox],
+        "shape_after_crop": shape_after_crop,
+        "shape_after_resampling": [int(s) for s in new_shape],
+        "spacing_before": spacing,
+        "spacing_after": [float(s) for s in target],
+    }
+    return data_out, seg_out, info
+
+
+def sample_class_locations(seg: np.ndarray, labels: Sequence[int], seed: int = 1234,
+                           max_per_class: int = 10000, min_fraction: float = 0.01
+                           ) -> dict[str, list[list[int]]]:
+    """Sample voxel coordinates of every label in ``labels`` (nnU-Net's rule), seeded.
+
+    ``seg`` is (Z, Y, X) or (1, Z, Y, X); coordinates are spatial ``[i0, i1, i2]`` in ``seg``'s
+    own (stored, i.e. transposed) axis order, without the channel axis. Per label with n voxels,
+    ``max(min(max_per_class, n), ceil(min_fraction * n))`` distinct voxels are drawn; a label
+    absent from ``seg`` gets an empty list. Keys are the label values as strings.
+    """
+    if seg.ndim == 4 and seg.shape[0] == 1:
+        seg = seg[0]
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[list[int]]] = {}
+    for label in labels:
+        locs = np.argwhere(seg == label)
+        n = len(locs)
+        if n == 0:
+            out[str(int(label))] = []
+            continue
+        k = max(min(max_per_class, n), int(math.ceil(n * min_fraction)))
+        picked = locs[np.sort(rng.choice(n, size=k, replace=False))]
+        out[str(int(label))] = picked.astype(int).tolist()
+    return out
+
+
+# --------------------------------------------------------------------------- one case on disk
+
+def _case_paths(out_dir: str | os.PathLike, case_id: str) -> tuple[Path, Path, Path]:
+    """(data npy, seg npy, properties json) of ``case_id`` in ``out_dir``; names from workdir.py."""
+    names = Workdir(".")
+    out_dir = Path(out_dir)
+    return (out_dir / names.case_data_npy("x", case_id).name,
+            out_dir / names.case_seg_npy("x", case_id).name,
+            out_dir / names.case_properties_json("x", case_id).name)
+
+
+def case_source_hash(case: CaseFiles) -> str:
+    """Hash of a case's source files' names, sizes and modification times (ns)."""
+    entries = []
+    for role, path in [("image", p) for p in case.images] + [("label", case.label)]:
+        if path is None:
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise AutosegError(f"case {case.case_id}: {role} file {path} cannot be read; it was "
+                               f"listed when the dataset was checked. Restore it or rerun "
+                               f"`autoseg plan --overwrite`.") from None
+        entries.append([role, Path(path).name, int(st.st_size), int(st.st_mtime_ns)])
+    return stable_hash(entries)
+
+
+def plan_preprocessing_hash(plan: ConfigurationPlan) -> str:
+    """Hash of the plan fields that change preprocessed data (``planning.base.preprocessing_fields_hash``)."""
+    from ..planning.base import preprocessing_fields_hash  # lazy: planning is not needed to import this
+
+    return preprocessing_fields_hash(plan)
+
+
+def _label_values(labels: Mapping[str, int] | Sequence[int]) -> list[int]:
+    values = labels.values() if isinstance(labels, Mapping) else labels
+    return sorted({int(v) for v in values})
+
+
+def _read_case(case: CaseFiles) -> tuple[np.ndarray, np.ndarray | None, Any]:
+    from ..data.image_io import read_image, read_label
+
+    arrays, geometry = [], None
+    for path in case.images:
+        arr, geom = read_image(path)
+        if arrays and arr.shape[1:] != arrays[0].shape[1:]:
+            raise AutosegError(f"case {case.case_id}: {path} has shape {arr.shape[1:]} but "
+                               f"{case.images[0]} has {arrays[0].shape[1:]}; every channel of a case "
+                               f"must be on the same grid; re-export it")
+        arrays.append(arr)
+        geometry = geometry or geom
+    data = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+    seg = None
+    if case.label is not None:
+        seg_raw, _ = read_label(case.label)
+        if seg_raw.dtype.kind == "f":
+            seg_raw = np.rint(seg_raw)
+        seg = seg_raw.astype(np.int16)
+    return data, seg, geometry
+
+
+def preprocess_case(case: CaseFiles, plan: ConfigurationPlan, out_dir: str | os.PathLike,
+                    file_ending: str, labels: Mapping[str, int] | Sequence[int]) -> CaseProperties:
+    """Read, preprocess and store one case in ``out_dir`` (the plan's preprocessed folder).
+
+    ``labels``: the dataset's label values (dict name -> value, or values). Writes ``<case>.npy``
+    (float32, C, ...) and ``<case>_seg.npy`` (int8 when every label fits in [-1, 127], else int16,
+    shape (1, ...)) atomically, then ``<case>.json``. Returns the CaseProperties written.
+    """
+    data_path, seg_path, json_path = _case_paths(out_dir, case.case_id)
+    json_path.unlink(missing_ok=True)  # the case is incomplete until the new json is written
+    source_hash = case_source_hash(case)
+    data, seg, geometry = _read_case(case)
+    data_out, seg_out, info = preprocess_arrays(data, seg, geometry.spacing_zyx, plan)
+    del data, seg
+    values = _label_values(labels)
+    class_locations: dict[str, list[list[int]]] = {}
+    atomic_save_npy(data_path, data_out)
+    del data_out
+    if seg_out is not None:
+        class_locations = sample_class_locations(seg_out, [v for v in values if v > 0])
+        fits_int8 = max(values + [0]) <= 127
+        atomic_save_npy(seg_path, seg_out.astype(np.int8 if fits_int8 else np.int16))
+    props = CaseProperties(
+        schema_version=SCHEMA_VERSION, case_id=case.case_id, geometry=geometry,
+        file_ending=file_ending, shape_before_crop_zyx=info["shape_before_crop"],
+        crop_bbox_zyx=info["crop_bbox"], shape_after_crop_zyx=info["shape_after_crop"],
+        spacing_before_zyx_mm=info["spacing_before"], spacing_after_zyx_mm=info["spacing_after"],
+        shape_after_resampling_zyx=info["shape_after_resampling"], class_locations=class_locations,
+        plans_hash=plan_preprocessing_hash(plan), source_hash=source_hash)
+    save_json(props, json_path)
+    return props
+
+
+# --------------------------------------------------------------------------- a dataset
+
+def _is_current(case: CaseFiles, out_dir: Path, plans_hash: str) -> bool:
+    data_path, seg_path, json_path = _case_paths(out_dir, case.case_id)
+    if not json_path.is_file() or not data_path.is_file():
+        return False
+    if case.label is not None and not seg_path.is_file():
+        return False
+    try:
+        props = load_json(CaseProperties, json_path)
+    except AutosegError:
+        return False
+    return props.plans_hash == plans_hash and props.source_hash == case_source_hash(case)
+
+
+def estimate_case_memory_gb(cases: Sequence[CaseFiles], plan: ConfigurationPlan) -> float:
+    """RAM one preprocessing worker needs (GB): the largest case's voxels x max(1, resampling
+    factor) x 8 bytes per channel (+ the label maps), plus the process overhead. Headers only."""
+    from ..data.image_io import read_image_info
+
+    worst = 0.0
+    for case in cases:
+        try:
+            geom = read_image_info(case.images[0])
+        except AutosegError:
+            continue  # the worker reports the unreadable file itself
+        voxels = float(np.prod(geom.shape_zyx))
+        target = target_spacing_zyx(geom.spacing_zyx, plan)
+        factor = float(np.prod([s / t for s, t in zip(geom.spacing_zyx, target)]))
+        channels = geom.components * len(case.images)
+        per_voxel = 8.0 * channels + (10.0 if case.label is not None else 0.0)
+        worst = max(worst, voxels * max(1.0, factor) * per_voxel)
+    return worst / 1024 ** 3 + _PROCESS_OVERHEAD_GB
+
+
+def _describe(case: CaseFiles) -> str:
+    files = list(case.images) + ([case.label] if case.label else [])
+    return ", ".join(files)
+
+
+def _run_case(case: CaseFiles, plan: ConfigurationPlan, out_dir: str, file_ending: str,
+              labels: list[int]) -> str:
+    """Worker entry point: preprocess one case; any failure becomes an AutosegError naming it."""
+    try:
+        preprocess_case(case, plan, out_dir, file_ending, labels)
+    except AutosegError as e:
+        raise AutosegError(f"preprocessing case {case.case_id} failed ({_describe(case)}): {e}") from None
+    except MemoryError:
+        raise AutosegError(f"preprocessing case {case.case_id} ran out of memory ({_describe(case)}); "
+                           f"rerun with --num-workers 1 or on a machine with more RAM") from None
+    except Exception as e:  # a bug or an unexpected file problem: keep the message, name the case
+        raise AutosegError(f"preprocessing case {case.case_id} failed with {type(e).__name__}: {e} "
+                           f"(files: {_describe(case)}); rerun with --num-workers 1 -v for the "
+                           f"traceback") from e
+    return case.case_id
+
+
+def preprocess_dataset(manifest: DatasetManifest, plan: ConfigurationPlan, workdir: Workdir, *,
+                       num_workers: int | None = None, progress: bool = True,
+                       overwrite: bool = False) -> list[str]:
+    """Preprocess every training case of ``manifest`` for ``plan`` into the work folder.
+
+    A case is skipped when its json exists with the current plan hash and source hash and its npy
+    files exist (unless ``overwrite``). ``num_workers`` None picks as many processes as fit in the
+    available RAM (hardware.worker_count). Returns the ids of the cases (re)processed by this call,
+    in manifest order. A failing case raises an AutosegError naming the case and its files.
+    """
+    out_dir = workdir.preprocessed_dir(plan.data_identifier)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plans_hash = plan_preprocessing_hash(plan)
+    todo = [c for c in manifest.cases if overwrite or not _is_current(c, out_dir, plans_hash)]
+    logger.info("preprocessing %s: %d case(s) to process, %d up to date in %s", plan.name, len(todo),
+                len(manifest.cases) - len(todo), out_dir)
+    if not todo:
+        return []
+    labels = _label_values(manifest.labels)
+    if num_workers is None:
+        from ..hardware import worker_count
+
+        per_case_gb = estimate_case_memory_gb(todo, plan)
+        num_workers = worker_count(per_case_gb, max_workers=len(todo))
+        logger.info("preprocessing with %d worker(s) (about %.2f GB per case)", num_workers, per_case_gb)
+    num_workers = max(1, min(int(num_workers), len(todo)))
+    args = (plan, str(out_dir), manifest.file_ending, labels)
+    done: list[str] = []
+    with tqdm(total=len(todo), desc=f"preprocessing {plan.name}", unit="case",
+              disable=not progress) as bar:
+        if num_workers == 1:
+            for case in todo:
+                done.append(_run_case(case, *args))
+                bar.update(1)
+        else:
+            ctx = multiprocessing.get_context("spawn")  # safe with threads (torch) and on every OS
+            with ProcessPoolExecutor(max_workers=num_workers, mp_context=ctx) as pool:
+                futures = {pool.submit(_run_case, case, *args): case for case in todo}
+                try:
+                    for fut in as_completed(futures):
+                        done.append(fut.result())
+                        bar.update(1)
+                except BrokenProcessPool:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pending = [c.case_id for c in futures.values() if c.case_id not in done]
+                    raise AutosegError(
+                        f"a preprocessing worker died (most likely out of memory) while processing "
+                        f"case(s) {', '.join(pending[:5])}{' ...' if len(pending) > 5 else ''}; rerun "
+                        f"with fewer workers (--num-workers 1); finished cases are kept") from None
+                except AutosegError:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+    order = {c.case_id: i for i, c in enumerate(manifest.cases)}
+    return sorted(done, key=order.__getitem__)
