@@ -26,6 +26,9 @@ class DatasetError(AutosegError):
             f"(nothing was written):\n{lines}"
         )
 
+    def __reduce__(self):  # picklable, so a worker process can raise it
+        return (DatasetError, (self.dataset, self.problems))
+
 
 class SchemaError(AutosegError):
     """A JSON artifact does not match its schema (unknown or missing key, wrong version)."""
