@@ -1,0 +1,442 @@
+"""Read and write images and segmentations (SimpleITK), with one axis-order and geometry contract.
+
+Contract for every reader and writer in this module:
+  * ``read_image`` returns ``float32`` data of shape ``(C, Z, Y, X)`` (numpy array order, slowest axis
+    first, as ``SimpleITK.GetArrayFromImage`` gives it). ``C`` is the number of pixel components of the
+    file: 3 for an RGB PNG (an alpha channel is dropped), 1 for a scalar image. A 2D file gives
+    ``Z == 1``; a 3D file whose last ITK dimension has size 1 is still 3D (``Geometry.ndim == 3``).
+  * ``read_label`` returns ``(Z, Y, X)`` in the file's own dtype (floats are not cast, so that the
+    dataset check can see non-integer values).
+  * the :class:`~autoseg.schemas.Geometry` returned with the data keeps the file's geometry in ITK
+    order (x, y[, z]): size, spacing (mm), origin (mm), direction (row-major cosines), components.
+  * writers take the same ``(C, Z, Y, X)`` / ``(Z, Y, X)`` arrays plus a Geometry and write exactly
+    that spacing, origin and direction; a 2D geometry writes a 2D file from slice 0. Writes are atomic.
+
+Formats (chosen by the file ending, see :data:`SUPPORTED_ENDINGS`): NIfTI (.nii.gz, .nii), NRRD, MHA
+(2D or 3D) and the 2D natural-image formats PNG, TIFF and BMP (grey or RGB).
+Unreadable, empty or truncated files raise :class:`~autoseg.errors.AutosegError` naming the file.
+NaN/Inf voxels of float NIfTI files are kept (SimpleITK alone reads them as 0); a BMP with a grey
+palette reads as one channel.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import logging
+import os
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..atomic import atomic_write
+from ..errors import AutosegError
+from ..schemas import Geometry
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".png", ".tif", ".tiff", ".bmp")
+#: 2D natural-image formats: may hold RGB(A) pixels; an alpha channel is dropped on reading.
+NATURAL_IMAGE_ENDINGS: tuple[str, ...] = (".png", ".tif", ".tiff", ".bmp")
+#: formats that store 8-bit values only (labels and images are written as uint8)
+EIGHT_BIT_ENDINGS: tuple[str, ...] = (".png", ".bmp")
+#: formats that store an image in one compressed stream: write them compressed
+_COMPRESSIBLE_ENDINGS = (".nrrd", ".mha")
+
+
+def ending_of(path: str | os.PathLike) -> str:
+    """The file ending of ``path`` in lower case, ``.nii.gz`` counted as one ending ("" if none)."""
+    name = Path(path).name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
+
+
+def _short_reason(err: Exception) -> str:
+    """The useful line of a SimpleITK exception, without C++ file names and object addresses."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    picked = next((ln for ln in reversed(lines) if "ERROR" in ln), lines[-1] if lines else "unknown error")
+    picked = re.sub(r"^(sitk::|ITK )?ERROR:\s*", "", picked)
+    picked = re.sub(r"\(0x[0-9a-fA-F]+\)", "", picked)
+    return picked[:200]
+
+
+def _unreadable(path: Path, reason: str) -> AutosegError:
+    return AutosegError(f"{path}: cannot be read as an image ({reason}); expected a complete, valid "
+                        f"'{ending_of(path) or '(no ending)'}' file; re-export the file")
+
+
+# --------------------------------------------------------------------------- raw NIfTI / BMP checks
+# SimpleITK silently zero-fills truncated NIfTI and BMP files, and its NIfTI reader turns NaN and Inf
+# voxels into 0: these are checked on the raw bytes.
+
+@dataclass(frozen=True)
+class _NiftiHeader:
+    endian: str
+    datatype: int
+    voxels: int
+    vox_offset: int
+    bitpix: int
+
+    @property
+    def expected_bytes(self) -> int:
+        return self.vox_offset + self.voxels * self.bitpix // 8
+
+
+_NIFTI_FLOAT = {16: "f4", 64: "f8"}  # NIfTI datatype code -> numpy float type
+
+
+def _parse_nifti_header(header: bytes) -> _NiftiHeader | None:
+    """The fields of a NIfTI-1/2 header needed to locate its voxels (None if not NIfTI)."""
+    for endian in ("<", ">"):
+        if len(header) < 4:
+            return None
+        (sizeof_hdr,) = struct.unpack(endian + "i", header[:4])
+        if sizeof_hdr == 348 and len(header) >= 348:
+            (datatype, bitpix) = struct.unpack(endian + "2h", header[70:74])
+            dim = struct.unpack(endian + "8h", header[40:56])
+            (vox_offset,) = struct.unpack(endian + "f", header[108:112])
+            break
+        if sizeof_hdr == 540 and len(header) >= 540:
+            (datatype, bitpix) = struct.unpack(endian + "2h", header[12:16])
+            dim = struct.unpack(endian + "8q", header[16:80])
+            (vox_offset,) = struct.unpack(endian + "q", header[168:176])
+            break
+    else:
+        return None
+    if not 1 <= dim[0] <= 7 or bitpix <= 0:
+        return None
+    voxels = int(np.prod([max(int(d), 1) for d in dim[1:dim[0] + 1]], dtype=np.int64))
+    return _NiftiHeader(endian, int(datatype), voxels, int(vox_offset), int(bitpix))
+
+
+def _check_gzip_complete(path: Path, expected: int | None) -> None:
+    """Raise if the gzip stream of ``path`` ends early or holds fewer than ``expected`` bytes."""
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        (isize,) = struct.unpack("<I", f.read(4))
+    if expected is not None and isize == expected % 2**32:
+        return  # the trailer records the full size: a truncated file would not end with it
+    total = 0
+    dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    with open(path, "rb") as f:
+        buf = f.read(1 << 22)
+        while buf:
+            total += len(dec.decompress(buf))
+            if not dec.eof:
+                buf = f.read(1 << 22)
+                continue
+            buf = dec.unused_data or f.read(1 << 22)
+            if not buf.strip(b"\x00"):
+                break  # zero padding after the last member is tolerated, as by gzip itself
+            dec = zlib.decompressobj(16 + zlib.MAX_WBITS)  # another gzip member follows
+    if not dec.eof:
+        raise _unreadable(path, "the compressed data ends early: the file is truncated")
+    if expected is not None and total < expected:
+        raise _unreadable(path, f"it holds {total} bytes, its header says {expected}: the file is truncated")
+
+
+def _check_complete(path: Path) -> _NiftiHeader | None:
+    """Detect truncated NIfTI / BMP files that SimpleITK would read without complaint.
+
+    Returns the NIfTI header of a .nii/.nii.gz file (None otherwise).
+    """
+    ending = ending_of(path)
+    try:
+        if ending == ".nii.gz":
+            try:
+                with gzip.open(path, "rb") as f:
+                    header = f.read(540)
+            except EOFError:
+                raise _unreadable(path, "the compressed data ends early: the file is truncated") from None
+            except (OSError, zlib.error) as e:
+                raise _unreadable(path, f"not a valid gzip file: {e}") from None
+            hdr = _parse_nifti_header(header)
+            _check_gzip_complete(path, hdr.expected_bytes if hdr else None)
+            return hdr
+        if ending == ".nii":
+            with open(path, "rb") as f:
+                hdr = _parse_nifti_header(f.read(540))
+            size = path.stat().st_size
+            if hdr is not None and size < hdr.expected_bytes:
+                raise _unreadable(path, f"the file has {size} bytes, its header says {hdr.expected_bytes}: "
+                                        f"the file is truncated")
+            return hdr
+        if ending == ".bmp":
+            with open(path, "rb") as f:
+                header = f.read(6)
+            if len(header) == 6 and header[:2] == b"BM":
+                (declared,) = struct.unpack("<I", header[2:6])
+                size = path.stat().st_size
+                if declared and size < declared:
+                    raise _unreadable(path, f"the file has {size} bytes, its header says {declared}: "
+                                            f"the file is truncated")
+    except (OSError, zlib.error) as e:
+        raise _unreadable(path, str(e)) from None
+    return None
+
+
+def _restore_nonfinite(path: Path, hdr: _NiftiHeader | None, arr: np.ndarray) -> None:
+    """Put back, in place, the NaN/Inf voxels of a float NIfTI file that SimpleITK read as 0.
+
+    ``arr`` is the scalar array as SimpleITK returns it (x fastest, the file's own voxel order).
+    """
+    if hdr is None or hdr.datatype not in _NIFTI_FLOAT or arr.size != hdr.voxels:
+        return
+    dtype = np.dtype(hdr.endian + _NIFTI_FLOAT[hdr.datatype])
+    opener = gzip.open if ending_of(path) == ".nii.gz" else open
+    try:
+        with opener(path, "rb") as f:
+            f.seek(hdr.vox_offset)
+            raw = np.frombuffer(f.read(hdr.voxels * dtype.itemsize), dtype=dtype)
+    except (OSError, EOFError, zlib.error) as e:
+        raise _unreadable(path, str(e)) from None
+    bad = np.flatnonzero(~np.isfinite(raw))
+    if bad.size:
+        arr.reshape(-1)[bad] = raw[bad]
+
+
+# --------------------------------------------------------------------------- reading
+
+def _geometry(img: sitk.Image, components: int) -> Geometry:
+    return Geometry(
+        ndim=img.GetDimension(),
+        size=tuple(int(v) for v in img.GetSize()),
+        spacing=tuple(float(v) for v in img.GetSpacing()),
+        origin=tuple(float(v) for v in img.GetOrigin()),
+        direction=tuple(float(v) for v in img.GetDirection()),
+        components=components,
+    )
+
+
+def _bmp_grey_palette(path: Path) -> bool:
+    """True for an indexed BMP whose palette is all grey (ITK expands it to RGB; we read it as grey)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(54)
+            if len(head) < 54 or head[:2] != b"BM":
+                return False
+            (dib,) = struct.unpack("<I", head[14:18])
+            (bpp,) = struct.unpack("<H", head[28:30])
+            (used,) = struct.unpack("<I", head[46:50])
+            if bpp > 8:
+                return False
+            f.seek(14 + dib)
+            palette = f.read(4 * (used or 2**bpp))
+    except OSError:
+        return False
+    return len(palette) >= 4 and all(palette[i] == palette[i + 1] == palette[i + 2]
+                                     for i in range(0, len(palette) - 3, 4))
+
+
+def _kept_components(path: Path, components: int) -> int:
+    """Pixel components kept: alpha of a natural image (grey+alpha, RGBA) is dropped; grey BMP -> 1."""
+    ending = ending_of(path)
+    if ending == ".bmp" and components > 1 and _bmp_grey_palette(path):
+        return 1
+    if ending in NATURAL_IMAGE_ENDINGS and components in (2, 4):
+        return components - 1
+    return components
+
+
+def _check_dimension(path: Path, ndim: int, size: tuple[int, ...]) -> None:
+    if ndim == 4:
+        raise AutosegError(f"{path}: is a 4D image (size {size}); expected a 2D or 3D image with one "
+                           f"channel per file; split it into 3D files <case>_0000, <case>_0001, ... "
+                           f"(one per channel or time point)")
+    if ndim not in (2, 3):
+        raise AutosegError(f"{path}: has {ndim} dimensions (size {size}); expected a 2D or 3D image; "
+                           f"re-export it as 2D or 3D")
+
+
+def _read_array(path: Path) -> tuple[np.ndarray, sitk.Image]:
+    """Read ``path`` -> (array as SimpleITK returns it, (Z,)Y,X[,comp]; the image), NaN/Inf kept."""
+    if not path.is_file():
+        raise AutosegError(f"{path}: file does not exist; expected an image file here; check the path")
+    if path.stat().st_size == 0:
+        raise _unreadable(path, "the file is empty (0 bytes)")
+    hdr = _check_complete(path)
+    try:
+        img = sitk.ReadImage(str(path))
+        _check_dimension(path, img.GetDimension(), tuple(img.GetSize()))
+        arr = sitk.GetArrayFromImage(img)
+    except RuntimeError as e:
+        raise _unreadable(path, _short_reason(e)) from None
+    if img.GetNumberOfComponentsPerPixel() == 1 and np.issubdtype(arr.dtype, np.floating):
+        _restore_nonfinite(path, hdr, arr)
+    return arr, img
+
+
+def read_image_info(path: str | os.PathLike) -> Geometry:
+    """The Geometry of an image file from its header only (fast; no voxel data is read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AutosegError(f"{path}: file does not exist; expected an image file here; check the path")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise _unreadable(path, _short_reason(e)) from None
+    _check_dimension(path, reader.GetDimension(), tuple(reader.GetSize()))
+    return Geometry(
+        ndim=reader.GetDimension(),
+        size=tuple(int(v) for v in reader.GetSize()),
+        spacing=tuple(float(v) for v in reader.GetSpacing()),
+        origin=tuple(float(v) for v in reader.GetOrigin()),
+        direction=tuple(float(v) for v in reader.GetDirection()),
+        components=_kept_components(path, reader.GetNumberOfComponents()),
+    )
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read an image file -> (float32 array (C, Z, Y, X), Geometry in ITK order).
+
+    2D files give Z == 1; RGB(A) natural images give C == 3 (alpha dropped).
+    Raises AutosegError naming the file when it is missing, empty, truncated, unreadable or 4D.
+    """
+    path = Path(path)
+    arr, img = _read_array(path)
+    n_comp = img.GetNumberOfComponentsPerPixel()
+    kept = _kept_components(path, n_comp)
+    if np.iscomplexobj(arr):
+        raise AutosegError(f"{path}: has complex-valued pixels; expected real intensities; "
+                           f"re-export the magnitude image")
+    if n_comp > 1:  # vector image: (..., comp) -> (comp, ...)
+        arr = np.moveaxis(arr[..., :kept], -1, 0)
+    else:
+        arr = arr[None]
+    if img.GetDimension() == 2:
+        arr = arr[:, None]
+    return np.ascontiguousarray(arr, dtype=np.float32), _geometry(img, kept)
+
+
+def read_label(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read a segmentation file -> (array (Z, Y, X) in the file's dtype, Geometry in ITK order).
+
+    A 2D file gives Z == 1. Multi-component (RGB) label files raise AutosegError.
+    """
+    path = Path(path)
+    arr, img = _read_array(path)
+    n_comp = img.GetNumberOfComponentsPerPixel()
+    if _kept_components(path, n_comp) > 1:
+        raise AutosegError(f"{path}: is a label file with {n_comp} components per pixel (RGB/vector); "
+                           f"expected one integer label value per pixel; save the label map as a "
+                           f"single-channel (greyscale) image with values 0, 1, 2, ...")
+    if n_comp > 1:  # a grey-palette BMP expanded to RGB by ITK, or grey + alpha
+        arr = arr[..., 0]
+    if img.GetDimension() == 2:
+        arr = arr[None]
+    return arr, _geometry(img, 1)
+
+
+# --------------------------------------------------------------------------- writing
+
+def _with_geometry(img: sitk.Image, geometry: Geometry) -> sitk.Image:
+    img.SetSpacing(tuple(float(v) for v in geometry.spacing))
+    img.SetOrigin(tuple(float(v) for v in geometry.origin))
+    img.SetDirection(tuple(float(v) for v in geometry.direction))
+    return img
+
+
+def _check_shape(shape: tuple[int, ...], geometry: Geometry, what: str) -> None:
+    if tuple(shape) != tuple(geometry.shape_zyx):
+        raise ValueError(f"{what} has shape (Z, Y, X) {tuple(shape)} but its geometry describes "
+                         f"{tuple(geometry.shape_zyx)}")
+
+
+def _check_ending(path: Path) -> str:
+    ending = ending_of(path)
+    if ending not in SUPPORTED_ENDINGS:
+        raise AutosegError(f"{path}: cannot write files ending in '{ending or '(none)'}'; expected one of "
+                           f"{', '.join(SUPPORTED_ENDINGS)}; choose a supported file ending")
+    return ending
+
+
+@functools.lru_cache(maxsize=None)
+def _new_file_mode() -> int:
+    """Permissions of a normally created file (0666 minus the umask); temporary files get 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _write_sitk(img: sitk.Image, path: Path, ending: str) -> None:
+    def _w(tmp: str) -> None:
+        try:
+            sitk.WriteImage(img, tmp, useCompression=ending in _COMPRESSIBLE_ENDINGS)
+        except RuntimeError as e:
+            raise AutosegError(f"{path}: could not be written ({_short_reason(e)}); check that the "
+                               f"folder is writable and the disk is not full") from None
+        os.chmod(tmp, _new_file_mode())
+
+    # the temporary name keeps the real ending last: SimpleITK picks the writer from it
+    atomic_write(path, _w, suffix=ending)
+
+
+def _smallest_int_dtype(lo: int, hi: int) -> type:
+    for dt in (np.uint8, np.int16, np.int32):
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return dt
+    return np.int64
+
+
+def write_segmentation(seg: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> None:
+    """Write an integer label map ``seg`` (Z, Y, X) with exactly ``geometry``'s spacing/origin/direction.
+
+    The format follows ``path``'s ending. A 2D geometry writes a 2D file from ``seg[0]``. PNG and BMP
+    are written as uint8 (AutosegError for values outside 0..255); other formats use the smallest
+    fitting type of uint8 / int16 / int32. Atomic.
+    """
+    path = Path(path)
+    ending = _check_ending(path)
+    seg = np.asarray(seg)
+    if not (np.issubdtype(seg.dtype, np.integer) or seg.dtype == bool):
+        raise TypeError(f"segmentation for {path} must be an integer array, got {seg.dtype}")
+    _check_shape(seg.shape, geometry, f"segmentation for {path}")
+    lo, hi = (int(seg.min()), int(seg.max())) if seg.size else (0, 0)
+    if ending in EIGHT_BIT_ENDINGS:
+        if lo < 0 or hi > 255:
+            raise AutosegError(f"{path}: {ending} stores 8-bit labels 0..255, found values {lo}..{hi}; "
+                               f"write the segmentation as .nii.gz, .nrrd, .mha or .tif instead")
+        dtype: type = np.uint8
+    else:
+        dtype = _smallest_int_dtype(lo, hi)
+    data = seg.astype(dtype, copy=False)
+    img = sitk.GetImageFromArray(data[0] if geometry.ndim == 2 else data)
+    _write_sitk(_with_geometry(img, geometry), path, ending)
+
+
+def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> None:
+    """Write a float image ``array`` (C, Z, Y, X) with exactly ``geometry``'s spacing/origin/direction.
+
+    C == 1 writes a scalar image, C > 1 a vector image (C == 3 with PNG/BMP: RGB). Non-8-bit formats
+    store float32; PNG and BMP store rounded uint8 and raise AutosegError for values outside 0..255.
+    A 2D geometry writes a 2D file from slice 0. Atomic.
+    """
+    path = Path(path)
+    ending = _check_ending(path)
+    array = np.asarray(array)
+    if array.ndim != 4:
+        raise ValueError(f"image for {path} must be (C, Z, Y, X), got shape {array.shape}")
+    _check_shape(array.shape[1:], geometry, f"image for {path}")
+    if ending in EIGHT_BIT_ENDINGS:
+        lo, hi = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -0.5 or hi > 255.5:
+            raise AutosegError(f"{path}: {ending} stores 8-bit values 0..255, found {lo:g}..{hi:g}; "
+                               f"rescale the image or write it as .nii.gz/.nrrd/.mha/.tif")
+        data = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+    else:
+        data = array.astype(np.float32, copy=False)
+    if geometry.ndim == 2:
+        data = data[:, 0]
+    if data.shape[0] == 1:
+        img = sitk.GetImageFromArray(data[0])
+    else:
+        img = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(data, 0, -1)), isVector=True)
+    _write_sitk(_with_geometry(img, geometry), path, ending)
