@@ -20,6 +20,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get normal permissions
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -27,6 +28,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
         except FileNotFoundError:
             pass
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

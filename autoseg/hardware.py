@@ -189,6 +189,69 @@ def measure_cpu_conv_gflops(threads: int, *, max_seconds: float = 2.5) -> float:
     return flop / max(seconds, 1e-9) / 1e9
 
 
+# Reference networks for the U-Net probe: small plans of the kind a CPU planner produces.
+_PROBE_SPECS = {
+    "3d": dict(dims=3, features=[16, 32, 64, 128], patch=[40, 48, 40], batch=2),
+    "2d": dict(dims=2, features=[16, 32, 64, 128, 256], patch=[160, 160], batch=4),
+}
+
+
+def measure_cpu_unet_gflops(threads: int, *, bf16: bool, repetitions: int = 2
+                            ) -> tuple[dict[str, float], dict[str, str]]:
+    """Effective GFLOP/s of whole U-Net training steps (forward, Dice+CE, backward, SGD) on this CPU.
+
+    A single convolution is a poor predictor here: oneDNN's speed depends strongly on the shape
+    (19 to 110 GFLOP/s for nearly the same work on one 2-core EPYC), and norms, activations, loss
+    and optimizer add time. So a small reference U-Net per dimensionality is timed with autoseg's
+    own network and loss (best of ``repetitions`` steps after a warm-up), in fp32 and, when the CPU
+    has native bf16, in bf16, and the analytic conv FLOPs of the step (the planner's own estimate)
+    are divided by the best time. Returns ({"2d": GFLOP/s, "3d": GFLOP/s}, {"2d": precision, ...}).
+    """
+    import torch
+
+    from .planning.memory import gflop_per_iteration
+    from .schemas import NetworkSpec
+    from .training.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
+    from .training.network import build_network
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    rates: dict[str, float] = {}
+    precisions: dict[str, str] = {}
+    try:
+        for key, p in _PROBE_SPECS.items():
+            n = len(p["features"])
+            spec = NetworkSpec(dims=p["dims"], in_channels=1, num_classes=3, features_per_stage=p["features"],
+                               kernel_sizes=[[3] * p["dims"]] * n,
+                               strides=[[1] * p["dims"]] + [[2] * p["dims"]] * (n - 1),
+                               n_conv_per_stage_encoder=[2] * n, n_conv_per_stage_decoder=[2] * (n - 1))
+            torch.manual_seed(0)
+            net = build_network(spec)
+            opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
+            loss = DeepSupervisionLoss(DiceCELoss(batch_dice=True), deep_supervision_weights(n - 1))
+            x = torch.randn(p["batch"], 1, *p["patch"])
+            targets = [torch.randint(0, 3, (p["batch"], 1, *o.shape[2:])) for o in net(x)]
+            flop = gflop_per_iteration(spec, p["patch"], p["batch"])
+            for precision in (["fp32", "bf16"] if bf16 else ["fp32"]):
+                def step() -> float:
+                    t0 = time.perf_counter()
+                    opt.zero_grad(set_to_none=True)
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                        out = net(x)
+                    loss([o.float() for o in out], targets).backward()
+                    opt.step()
+                    return time.perf_counter() - t0
+
+                step()
+                best = min(step() for _ in range(max(1, repetitions)))
+                rate = flop / max(best, 1e-9)
+                if rate > rates.get(key, 0.0):
+                    rates[key], precisions[key] = round(rate, 1), precision
+    finally:
+        torch.set_num_threads(old_threads)
+    return rates, precisions
+
+
 # --------------------------------------------------------------------------- detection
 
 def _validate_device(device: str) -> str:
@@ -200,7 +263,8 @@ def _validate_device(device: str) -> str:
 
 
 def detect_hardware(*, device: str | None = None, gpu_memory_gb: float | None = None,
-                    time_budget_s: float | None = None, measure_cpu: bool = True) -> HardwareBudget:
+                    time_budget_s: float | None = None, measure_cpu: bool = True,
+                    cpu_gflops: float | None = None) -> HardwareBudget:
     """Detect what this machine offers (or what the user says to plan for) as a HardwareBudget.
 
     device: None detects ("cuda" when torch sees a GPU, else "cpu"); "cpu"/"cuda" forces it.
@@ -258,9 +322,18 @@ def detect_hardware(*, device: str | None = None, gpu_memory_gb: float | None = 
     cores = usable_cpu_cores()
     ram_total, ram_available = ram_gb()
     gflops = None
-    if resolved == "cpu" and measure_cpu:
+    unet_rates: dict[str, float] = {}
+    unet_precisions: dict[str, str] = {}
+    if cpu_gflops is not None:  # the user states the training throughput: nothing is measured
+        if not cpu_gflops > 0:
+            raise AutosegError(f"--cpu-gflops must be a positive number of GFLOP/s, not {cpu_gflops}")
+        unet_rates = {"2d": float(cpu_gflops), "3d": float(cpu_gflops)}
+        unet_precisions = {"2d": "as given", "3d": "as given"}
+        overrides["--cpu-gflops"] = f"{cpu_gflops:g}"
+    elif resolved == "cpu" and measure_cpu:
         try:
             gflops = round(measure_cpu_conv_gflops(cores), 2)
+            unet_rates, unet_precisions = measure_cpu_unet_gflops(cores, bf16=cpu_has_bf16())
         except ImportError:
             logger.warning("torch is not importable; CPU convolution throughput not measured")
     budget = HardwareBudget(
@@ -269,7 +342,8 @@ def detect_hardware(*, device: str | None = None, gpu_memory_gb: float | None = 
         gpu_free_memory_gb=None if gpu_free is None else round(gpu_free, 3),
         cpu_cores=cores, ram_total_gb=round(ram_total, 3), ram_available_gb=round(ram_available, 3),
         cpu_bf16=cpu_has_bf16(), training_time_budget_s=None if time_budget_s is None else float(time_budget_s),
-        cpu_conv_gflops=gflops, overrides=overrides,
+        cpu_conv_gflops=gflops, cpu_unet_gflops=unet_rates, cpu_unet_precision=unet_precisions,
+        overrides=overrides,
     )
     logger.debug("detected hardware: %s", budget)
     return budget

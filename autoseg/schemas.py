@@ -309,7 +309,11 @@ class HardwareBudget:
     ram_available_gb: float
     cpu_bf16: bool  # the CPU has native bf16 (AVX512-BF16 / AMX)
     training_time_budget_s: float | None  # wall-clock seconds per training (one fold of one configuration)
-    cpu_conv_gflops: float | None = None  # measured fp32 3D-conv throughput, GFLOP/s
+    cpu_conv_gflops: float | None = None  # measured fp32 3D-conv throughput, GFLOP/s (informational)
+    # measured effective throughput of whole U-Net training steps on this CPU, keyed "2d"/"3d":
+    # analytic conv GFLOP of a step / best step time, at the faster of fp32 and bf16 (overheads included)
+    cpu_unet_gflops: dict[str, float] = field(default_factory=dict)
+    cpu_unet_precision: dict[str, str] = field(default_factory=dict)  # the precision that was faster
     overrides: dict[str, str] = field(default_factory=dict)  # flag -> value given by the user
 
 

@@ -1,0 +1,202 @@
+"""The `autoseg` command line. Only this module prints and configures logging.
+
+Exit codes: 0 success, 2 usage error, 1 AutosegError (message only; traceback with -v).
+torch is imported lazily by the stages that need it, so `autoseg --help` is fast.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from .errors import AutosegError
+
+log = logging.getLogger("autoseg")
+
+
+def _duration(text: str) -> float:
+    from .hardware import parse_duration
+
+    try:
+        return parse_duration(text)
+    except AutosegError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (also off when not a TTY)")
+    p.add_argument("--num-workers", type=int, default=None, metavar="N",
+                   help="worker processes (default: derived from CPU cores and free RAM)")
+
+
+# --------------------------------------------------------------------------- plan
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="check a dataset, fingerprint it, plan, split and preprocess",
+                       description="validate → fingerprint → plan → split → preprocess, into --workdir. "
+                                   "Safe to re-run: outputs that are current are kept.")
+    p.add_argument("dataset", nargs="?", help="raw dataset folder in nnU-Net v2 layout "
+                                              "(imagesTr/, labelsTr/, dataset.json)")
+    p.add_argument("--workdir", help="work folder for everything autoseg writes")
+    p.add_argument("--planner", default="default", help="registered planner name (default: %(default)s)")
+    p.add_argument("--list-planners", action="store_true", help="list the registered planners and exit")
+    p.add_argument("--explain", action="store_true", help="print every planning decision and its reason")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="plan for this device instead of the detected one")
+    p.add_argument("--gpu-memory-gb", type=float, default=None, metavar="GB",
+                   help="plan for a GPU with this much memory (implies --device cuda)")
+    p.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
+                   help="wall-clock budget per training (one fold of one configuration), e.g. 20m, 1h30m; "
+                        "sizes CPU plans")
+    p.add_argument("--cpu-gflops", type=float, default=None, metavar="N",
+                   help="plan for a CPU that trains U-Nets at N GFLOP/s instead of measuring this one "
+                        "(a few seconds); e.g. to plan on one machine for another")
+    p.add_argument("--splits", default=None, metavar="FILE",
+                   help="your own splits file (nnU-Net splits_final.json or autoseg splits.json)")
+    p.add_argument("--overwrite", action="store_true", help="redo every step even if its output is current")
+    _common(p)
+    p.set_defaults(func=_cmd_plan)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .planning.registry import available_planners
+
+    if args.list_planners:
+        for name, desc in sorted(available_planners().items()):
+            print(f"{name:12s} {desc}")
+        return 0
+    if not args.dataset or not args.workdir:
+        raise AutosegError("autoseg plan needs a DATASET folder and --workdir RUN, e.g. "
+                           "`autoseg plan data/Dataset102_Hippocampus --workdir runs/hippo`")
+    from .pipeline import plan_dataset
+    from .planning.explain import explain_plans
+
+    plans = plan_dataset(args.dataset, args.workdir, planner=args.planner, device=args.device,
+                         gpu_memory_gb=args.gpu_memory_gb, time_budget_s=args.time_budget,
+                         splits_file=args.splits, num_workers=args.num_workers, cpu_gflops=args.cpu_gflops,
+                         progress=not args.no_progress, overwrite=args.overwrite)
+    if args.explain:
+        print("\n".join(explain_plans(plans)))
+    else:
+        print(f"planned {', '.join(plans.configurations)} with planner '{plans.planner}' "
+              f"for {plans.hardware.device}")
+        for name, cfg in plans.configurations.items():
+            print(f"  {name:20s} spacing {_fmt(cfg.spacing_zyx_mm)} mm, patch {_fmt(cfg.patch_size)}, "
+                  f"batch {cfg.batch_size}, {len(cfg.network.features_per_stage)} stages "
+                  f"{cfg.network.features_per_stage[0]}→{cfg.network.features_per_stage[-1]} features")
+        for w in plans.warnings:
+            print(f"  warning: {w}")
+        print(f"the reasons: `autoseg plan {args.dataset} --workdir {args.workdir} --explain` "
+              f"(also in {args.workdir}/plans_explained.txt)")
+    return 0
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "×".join(f"{v:g}" for v in values)
+
+
+# --------------------------------------------------------------------------- train
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one configuration on one fold (resumes by itself)",
+                       description="Train a U-Net for one configuration and fold from plans.json, then "
+                                   "predict the fold's held-out cases at full resolution. Re-running the "
+                                   "same command after a crash continues from the latest checkpoint.")
+    p.add_argument("--workdir", required=True, help="work folder made by `autoseg plan`")
+    p.add_argument("-c", "--configuration", required=True, help="2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres")
+    p.add_argument("--fold", required=True, help="0..4, or 'all' (train on every case)")
+    p.add_argument("--epochs", type=int, default=None, help="number of epochs (default 1000, or sized "
+                   "from the time budget)")
+    p.add_argument("--iterations-per-epoch", type=int, default=None, metavar="N")
+    p.add_argument("--validation-iterations", type=int, default=None, metavar="N",
+                   help="validation patches batches per epoch (pseudo-Dice)")
+    p.add_argument("--lr", type=float, default=None, help="initial learning rate (default 0.01)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--oversample-fraction", type=float, default=None, metavar="F",
+                   help="fraction of each batch centred on foreground (default 0.33)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
+                   help="default auto: fp16 autocast on CUDA; on a CPU with native bf16 the faster of "
+                        "fp32 and bf16, measured on the real network; else fp32")
+    p.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
+                   help="wall-clock budget for this training, e.g. 20m: the epoch count is sized from the "
+                        "measured iteration time so that training and final validation end inside it")
+    p.add_argument("--checkpoint-every", type=_duration, default=None, metavar="DURATION",
+                   help="also save checkpoint_latest.pt this often within an epoch (default 5m)")
+    p.add_argument("--no-validation", action="store_true", help="skip the final full-resolution validation")
+    _common(p)
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .pipeline import train_fold
+
+    fold = args.fold
+    if fold != "all" and not fold.isdigit():
+        raise AutosegError(f"--fold must be a fold number (0..4) or 'all', not '{fold}'")
+    overrides = {"epochs": args.epochs, "iterations_per_epoch": args.iterations_per_epoch,
+                 "validation_iterations_per_epoch": args.validation_iterations, "initial_lr": args.lr,
+                 "batch_size": args.batch_size, "seed": args.seed,
+                 "foreground_oversample_fraction": args.oversample_fraction, "device": args.device,
+                 "precision": args.precision, "time_budget_s": args.time_budget,
+                 "num_workers": args.num_workers, "checkpoint_every_s": args.checkpoint_every}
+    _, summary = train_fold(args.workdir, args.configuration, fold, overrides=overrides,
+                            progress=not args.no_progress, validate=not args.no_validation)
+    if summary is not None:
+        from .evaluation import format_table
+
+        print(format_table(summary))
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+_ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_train]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="autoseg",
+        description="Self-configuring medical image segmentation for nnU-Net-format datasets.")
+    parser.add_argument("--version", action="version", version=f"autoseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in _ADDERS:
+        add(sub)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbose = getattr(args, "verbose", False)
+    _setup_logging(verbose)
+    if getattr(args, "no_progress", False) is False and not sys.stderr.isatty():
+        args.no_progress = True
+    try:
+        return int(args.func(args) or 0)
+    except AutosegError as e:
+        if verbose:
+            log.exception("autoseg failed")
+        print(f"autoseg: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("autoseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
