@@ -254,7 +254,7 @@ def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides:
         from .inference.validation import validate_fold
 
         summary = validate_fold(wd, plans, config, settings, trainer.network, val_ids,
-                                load_manifest(wd.root), progress=progress)
+                                load_manifest(wd.root), progress=progress, precision=state.precision)
     return state, summary
 
 

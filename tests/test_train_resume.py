@@ -1,0 +1,141 @@
+"""Training through the CLI: kill -9 mid-run, re-run the same command, and it continues from the checkpoint."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoseg.cli import main
+from autoseg.pipeline import load_plans, resolve_training_settings
+from autoseg.schemas import Splits, TrainingSettings, load_json
+from autoseg.training.checkpoint import load_checkpoint
+from autoseg.training.splits import fold_cases
+from autoseg.training.trainer import Trainer
+from autoseg.workdir import Workdir
+from tests.synthetic import make_synthetic_dataset
+
+EPOCHS = 10
+TRAIN = ["-c", "3d_fullres", "--fold", "0", "--epochs", str(EPOCHS), "--iterations-per-epoch", "2",
+         "--validation-iterations", "1", "--precision", "fp32", "--num-workers", "0", "--no-progress"]
+
+
+@pytest.fixture
+def planned(tmp_path: Path) -> Path:
+    ds = make_synthetic_dataset(tmp_path / "Dataset010_Resume", n_cases=6, shape=(12, 16, 16))
+    wd = tmp_path / "run"
+    assert main(["plan", str(ds), "--workdir", str(wd), "--no-progress", "--num-workers", "1",
+                 "--device", "cpu", "--cpu-gflops", "100"]) == 0
+    return wd
+
+
+def _log_epochs(path: Path) -> list[int]:
+    if not path.exists():
+        return []
+    return [json.loads(line)["epoch"] for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.e2e
+def test_kill_and_resume_continues_from_checkpoint(planned: Path, capsys) -> None:
+    wd = Workdir(planned)
+    log_path = wd.training_log_jsonl("3d_fullres", 0)
+    cmd = [sys.executable, "-m", "autoseg.cli", "train", "--workdir", str(planned), *TRAIN, "--no-validation"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 120
+    try:
+        while len(_log_epochs(log_path)) < 3:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "training made no progress"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    latest = wd.checkpoint("3d_fullres", 0, "latest")
+    assert latest.exists() and not wd.checkpoint("3d_fullres", 0, "final").exists()
+    ckpt = load_checkpoint(latest)
+    epoch_at_kill = ckpt["state"]["epoch"]
+    assert 3 <= epoch_at_kill < EPOCHS
+    records_at_kill = ckpt["state"]["log"]
+
+    # the trainer restores epoch counter, log and optimizer state (momentum buffers) from the checkpoint
+    plans = load_plans(planned)
+    config = plans.configuration("3d_fullres")
+    train_ids, val_ids = fold_cases(load_json(Splits, wd.splits_json), 0)
+    settings = load_json(TrainingSettings, wd.train_settings_json("3d_fullres", 0))
+    trainer = Trainer(wd, config, settings, train_ids, val_ids, progress=False)
+    assert trainer._resume()
+    assert trainer.state.epoch == epoch_at_kill and trainer.state.log == records_at_kill
+    restored = trainer.optimizer.state_dict()["state"]
+    saved = ckpt["optimizer"]["state"]
+    assert restored and set(restored) == set(saved)
+    for k in saved:
+        assert torch.equal(restored[k]["momentum_buffer"], saved[k]["momentum_buffer"])
+    assert trainer.scheduler.state_dict() == ckpt["scheduler"]
+
+    # the same command again: only the remaining epochs run, and the log continues without gaps
+    capsys.readouterr()
+    assert main(["train", "--workdir", str(planned), *TRAIN, "--no-validation"]) == 0
+    final = load_checkpoint(wd.checkpoint("3d_fullres", 0, "final"))
+    assert [r["epoch"] for r in final["state"]["log"]] == list(range(1, EPOCHS + 1))
+    assert final["state"]["log"][:epoch_at_kill] == records_at_kill
+    assert _log_epochs(log_path) == list(range(1, EPOCHS + 1))
+    assert final["scheduler"]["current_step"] == EPOCHS * 2
+    assert not latest.exists()
+
+
+@pytest.mark.e2e
+def test_train_validates_and_writes_records(planned: Path) -> None:
+    assert main(["train", "--workdir", str(planned), "-c", "3d_fullres", "--fold", "1", "--epochs", "2",
+                 "--iterations-per-epoch", "2", "--validation-iterations", "1", "--no-progress"]) == 0
+    wd = Workdir(planned)
+    summary = json.loads(wd.validation_summary_json("3d_fullres", 1).read_text())
+    splits = load_json(Splits, wd.splits_json)
+    assert set(summary["per_case"]) == set(splits.folds[1].val)
+    assert "foreground_mean" in summary
+    assert wd.progress_png("3d_fullres", 1).stat().st_size > 1000
+    settings = json.loads(wd.train_settings_json("3d_fullres", 1).read_text())
+    assert settings["epochs"] == 2 and settings["overrides"]["epochs"] == 2
+    import SimpleITK as sitk
+
+    manifest = json.loads(wd.manifest_json.read_text())
+    for case in manifest["cases"]:
+        if case["case_id"] in summary["per_case"]:
+            ref = sitk.ReadImage(case["label"])
+            pred = sitk.ReadImage(str(wd.validation_dir("3d_fullres", 1) / f"{case['case_id']}.nii.gz"))
+            assert pred.GetSize() == ref.GetSize()
+            assert pred.GetSpacing() == pytest.approx(ref.GetSpacing())
+            assert pred.GetOrigin() == pytest.approx(ref.GetOrigin())
+            assert pred.GetDirection() == pytest.approx(ref.GetDirection())
+
+
+def test_cascade_needs_lowres_first(planned: Path, capsys) -> None:
+    # a hand-made plans entry with a previous stage: train must name the commands to run first
+    from dataclasses import replace
+
+    from autoseg.schemas import save_json
+
+    wd = Workdir(planned)
+    plans = load_plans(planned)
+    full = plans.configuration("3d_fullres")
+    cascade = replace(full, name="3d_cascade_fullres", previous_stage="3d_lowres")
+    save_json(replace(plans, configurations={**plans.configurations, "3d_cascade_fullres": cascade}),
+              wd.plans_json)
+    assert main(["train", "--workdir", str(planned), "-c", "3d_cascade_fullres", "--fold", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "autoseg train --workdir" in err and "-c 3d_lowres --fold 0" in err
+
+
+def test_settings_overrides_win_and_epochs_disable_budget(planned: Path) -> None:
+    plans = load_plans(planned)
+    cfg = plans.configuration("3d_fullres")
+    s = resolve_training_settings(plans, cfg, "0", {"epochs": 7, "initial_lr": 0.02, "device": "cpu"})
+    assert s.epochs == 7 and s.initial_lr == 0.02 and s.time_budget_s is None
+    s2 = resolve_training_settings(plans, cfg, "0", {"time_budget_s": 60.0, "device": "cpu"})
+    assert s2.time_budget_s == 60.0
