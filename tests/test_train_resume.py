@@ -139,3 +139,19 @@ def test_settings_overrides_win_and_epochs_disable_budget(planned: Path) -> None
     assert s.epochs == 7 and s.initial_lr == 0.02 and s.time_budget_s is None
     s2 = resolve_training_settings(plans, cfg, "0", {"time_budget_s": 60.0, "device": "cpu"})
     assert s2.time_budget_s == 60.0
+
+
+@pytest.mark.e2e
+def test_time_budget_fixes_the_epoch_count_from_measured_iterations(planned: Path) -> None:
+    assert main(["train", "--workdir", str(planned), "-c", "2d", "--fold", "0", "--time-budget", "25s",
+                 "--iterations-per-epoch", "15", "--validation-iterations", "1", "--no-validation",
+                 "--no-progress"]) == 0
+    wd = Workdir(planned)
+    final = load_checkpoint(wd.checkpoint("2d", 0, "final"))
+    state = final["state"]
+    assert state["seconds_per_iteration"] > 0
+    assert state["total_epochs"] >= 1 and len(state["log"]) == state["total_epochs"]
+    assert final["scheduler"]["total_steps"] == state["total_epochs"] * 15
+    assert final["scheduler"]["current_step"] == final["scheduler"]["total_steps"]
+    settings = json.loads(wd.train_settings_json("2d", 0).read_text())
+    assert settings["time_budget_s"] == 25.0

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_ITERATIONS = 12  # iterations timed before the epoch count is fixed under a time budget
 EMA_WEIGHT = 0.9
+EXPORT_SECONDS_PER_CASE = 1.0  # resampling back, writing the file and the probabilities (small images)
 PLOT_EVERY_S = 30.0  # progress.png is redrawn at most this often (and after the last epoch)  # nnU-Net's pseudo-Dice smoothing for checkpoint_best
 
 
@@ -311,8 +312,9 @@ class Trainer:
         s, st = self.settings, self.state
         spi = st.train_seconds / max(1, st.iteration_in_epoch)
         st.seconds_per_iteration = spi
-        val_s = spi * s.validation_iterations_per_epoch / 2.5  # forward only: ~1/3 of a training step
-        final_val_s = self.estimate_final_validation_seconds(spi)
+        per_tile = self._seconds_per_tile()
+        val_s = per_tile * s.batch_size * s.validation_iterations_per_epoch * 1.5  # + loading the patches
+        final_val_s = self.estimate_final_validation_seconds(per_tile)
         remaining = s.time_budget_s - (time.monotonic() - t_epoch_start)
         st.total_epochs = epochs_for_time_budget(remaining + spi * st.iteration_in_epoch, spi,
                                                  s.iterations_per_epoch, val_s, final_val_s)
@@ -323,8 +325,8 @@ class Trainer:
                  "(final validation estimated at %.0f s)", s.time_budget_s, spi, st.total_epochs,
                  s.iterations_per_epoch, final_val_s)
 
-    def estimate_final_validation_seconds(self, seconds_per_iteration: float) -> float:
-        """Tiles × mirrorings × forward time of one patch (≈ a third of a training step per sample)."""
+    def estimate_final_validation_seconds(self, seconds_per_tile: float) -> float:
+        """Tiles x mirrorings x measured forward time of one tile, plus export time per case."""
         from ..inference.sliding_window import tile_starts
 
         n_tiles = 0
@@ -336,8 +338,22 @@ class Trainer:
             else:
                 n_tiles += len(_tiles(shape, self.settings.patch_size, tile_starts))
         mirrors = 2 ** len(self.config.mirror_axes)
-        per_patch = seconds_per_iteration / max(1, self.settings.batch_size) / 3.0
-        return n_tiles * mirrors * per_patch * 1.3 + 2.0 * len(self.val_ids)
+        return n_tiles * mirrors * seconds_per_tile * 1.2 + EXPORT_SECONDS_PER_CASE * len(self.val_ids)
+
+    @torch.inference_mode()
+    def _seconds_per_tile(self, tiles: int = 4) -> float:
+        """Measured forward time of one patch in eval mode at the training precision (best of 2)."""
+        was_training = self.network.training
+        self.network.eval()
+        x = torch.randn(tiles, self.config.network.in_channels, *self.settings.patch_size, device=self.device)
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            with self._autocast():
+                self.network(x)
+            best = min(best, time.perf_counter() - t0)
+        self.network.train(was_training)
+        return best / tiles
 
     @torch.inference_mode()
     def _validate(self, val_it) -> dict[str, Any]:
