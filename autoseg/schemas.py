@@ -483,3 +483,45 @@ class TrainingSettings:
     time_budget_s: float | None
     checkpoint_every_s: float
     overrides: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- selection
+
+@dataclass(frozen=True)
+class PostprocessingStep:
+    """One accepted postprocessing step, applied in order to the winner's segmentations.
+
+    kind: "largest_component_foreground" (all foreground labels together: keep the largest
+    connected component, set the rest to background), "largest_component" (per label in ``labels``),
+    or "remove_small_components" (per label: drop components smaller than ``min_size_voxels``).
+    """
+
+    kind: str
+    labels: list[int] = field(default_factory=list)
+    min_size_voxels: dict[str, int] = field(default_factory=dict)  # label -> minimum component size
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A configuration or an ensemble of configurations scored on the cross-validation predictions."""
+
+    name: str  # "3d_fullres" or "2d+3d_fullres"
+    configurations: list[str]
+    foreground_dice: float
+    dice_per_class: dict[str, float]  # label -> mean Dice over cases
+    seconds_per_case: float  # estimated inference cost: sum over members of measured validation s/case
+
+
+@dataclass(frozen=True)
+class Selection:
+    schema_version: int
+    plans_hash: str
+    folds: list[int]
+    candidates: list[Candidate]  # ranked, best first
+    winner: str
+    winner_configurations: list[str]
+    postprocessing: list[PostprocessingStep]
+    foreground_dice_before_postprocessing: float
+    foreground_dice_after_postprocessing: float
+    dice_per_class_after_postprocessing: dict[str, float]

@@ -12,7 +12,8 @@ import torch
 
 from autoseg.atomic import atomic_save_npy, atomic_write_json
 from autoseg.errors import AutosegError
-from autoseg.training.augmentation import (deep_supervision_scales, initial_patch_size, make_batch_iterator,
+from autoseg.training.batch_iterator import make_batch_iterator
+from autoseg.training.augmentation import (deep_supervision_scales, initial_patch_size,
                                            rotation_ranges, training_transforms, validation_transforms)
 from autoseg.training.data_loader import PatchDataLoader, case_file_paths
 

@@ -1,4 +1,6 @@
-"""Training augmentation with batchgenerators (nnU-Net's list and probabilities) and the batch iterator.
+"""Training augmentation with batchgenerators (nnU-Net's list and probabilities).
+
+The iterator that runs these transforms in worker processes is in :mod:`autoseg.training.batch_iterator`.
 
 Batches are dicts ``{"data": (B, C, *patch), "seg": (B, 1, *patch), "keys": [...]}`` in array axis
 order (see :mod:`autoseg.schemas`); 3D patches are ``(Z, Y, X)``, 2D patches ``(Y, X)``. After the
@@ -14,17 +16,11 @@ from __future__ import annotations
 
 import logging
 import math
-import random
-import time
-import traceback
-from collections.abc import Iterator, Sequence
-from queue import Empty
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from batchgenerators.augmentations.utils import resize_segmentation
-from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
-from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from batchgenerators.transforms.abstract_transforms import AbstractTransform, Compose
 from batchgenerators.transforms.color_transforms import (BrightnessMultiplicativeTransform,
                                                          ContrastAugmentationTransform, GammaTransform)
@@ -39,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SCALE_RANGE = (0.7, 1.4)
 ANISOTROPIC_2D_ASPECT = 1.5  # 2D patches longer than this ratio get only +-15 degrees of rotation
-_WORKER_ERROR_KEY = "__autoseg_worker_error__"
 
 
 # --------------------------------------------------------------------------- sizes and ranges
@@ -249,217 +244,3 @@ def validation_transforms(ds_scales: Sequence[Sequence[float]] | None) -> Compos
     Use with a loader whose initial patch size equals the final patch size.
     """
     return Compose(_finishing_transforms(ds_scales))
-
-
-# --------------------------------------------------------------------------- batch iterator
-
-class _GuardedLoader:
-    """Wraps a loader so that an exception in a worker comes back as an error item, with its message."""
-
-    def __init__(self, loader: Any, seed: int):
-        self.loader = loader
-        self.seed = seed
-
-    def set_thread_id(self, thread_id: int) -> None:
-        # runs in the worker: batchgenerators seeds numpy, but its Gaussian noise draws from `random`
-        random.seed(self.seed + thread_id)
-        if hasattr(self.loader, "set_thread_id"):
-            self.loader.set_thread_id(thread_id)
-
-    def __iter__(self) -> _GuardedLoader:
-        return self
-
-    def __next__(self) -> dict[str, Any]:
-        try:
-            return next(self.loader)
-        except StopIteration:
-            raise
-        except Exception as e:  # noqa: BLE001 - reported to the parent process
-            return _error_item(e)
-
-
-class _GuardedTransform:
-    def __init__(self, transform: Any):
-        self.transform = transform
-
-    def __call__(self, **batch: Any) -> dict[str, Any]:
-        if _WORKER_ERROR_KEY in batch or self.transform is None:
-            return batch
-        try:
-            return self.transform(**batch)
-        except Exception as e:  # noqa: BLE001 - reported to the parent process
-            return _error_item(e)
-
-
-def _error_item(e: BaseException) -> dict[str, Any]:
-    detail = str(e) if isinstance(e, AutosegError) else f"{type(e).__name__}: {e}"
-    return {_WORKER_ERROR_KEY: detail, "traceback": traceback.format_exc()}
-
-
-class _SeededTransform:
-    """Runs ``transform`` with private global random states (batchgenerators draws from numpy's and
-    Python's global generators), so in-process augmentation is reproducible and leaves them untouched."""
-
-    def __init__(self, transform: Any, seed: int):
-        self.transform = transform
-        self._np_state = np.random.RandomState(seed % 2**32).get_state()
-        self._py_state = random.Random(seed).getstate()
-
-    def __call__(self, **batch: Any) -> dict[str, Any]:
-        if self.transform is None:
-            return batch
-        outside = np.random.get_state(), random.getstate()
-        np.random.set_state(self._np_state)
-        random.setstate(self._py_state)
-        try:
-            return self.transform(**batch)
-        finally:
-            self._np_state, self._py_state = np.random.get_state(), random.getstate()
-            np.random.set_state(outside[0])
-            random.setstate(outside[1])
-
-
-_WHAT_TO_DO = ("This is often the out-of-memory killer. Retry with `--num-workers 0` (augmentation in the "
-               "main process, which also shows the full error) or fewer workers, free RAM, or lower the "
-               "batch or patch size.")
-
-
-class _WatchedAugmenter(MultiThreadedAugmenter):
-    """A MultiThreadedAugmenter whose ``__next__`` raises AutosegError where batchgenerators raises
-    "background workers are no longer alive" (a worker died), and after ``timeout_s`` without a batch."""
-
-    def __init__(self, *args: Any, timeout_s: float, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.timeout_s = timeout_s
-
-    def _dead_workers(self) -> str:
-        codes = [(i, p.exitcode) for i, p in enumerate(self._processes) if not p.is_alive()]
-        return ", ".join(f"worker {i} exit code {c}" + (" (killed, SIGKILL)" if c == -9 else "")
-                         for i, c in codes) or "no exit code recorded"
-
-    def _get(self) -> Any:
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            if self.abort_event.is_set():
-                dead = self._dead_workers()
-                self._finish(timeout=5)
-                raise AutosegError(f"a data-augmentation worker died ({dead}). {_WHAT_TO_DO}")
-            try:
-                return self.pin_memory_queue.get(timeout=self.wait_time)
-            except Empty:
-                if time.monotonic() > deadline:
-                    self._finish(timeout=1)  # a hung worker will not finish by itself
-                    raise AutosegError(
-                        f"no batch came from the {self.num_processes} data-augmentation worker(s) within "
-                        f"{self.timeout_s:.0f} s: a worker died or hangs. {_WHAT_TO_DO}") from None
-
-    def __next__(self) -> Any:
-        if not self.was_initialized:
-            self._start()
-        item = self._get()
-        while isinstance(item, str) and item == "end":
-            self._end_ctr += 1
-            if self._end_ctr == self.num_processes:
-                self._end_ctr = 0
-                self._queue_ctr = 0
-                raise StopIteration
-            item = self._get()
-        if isinstance(item, dict) and _WORKER_ERROR_KEY in item:
-            logger.debug("data-augmentation worker traceback:\n%s", item.get("traceback", ""))
-            self._finish(timeout=5)
-            raise AutosegError(f"a data-augmentation worker failed: {item[_WORKER_ERROR_KEY]}. Retry with "
-                               f"`--num-workers 0` to see the full traceback; if it ran out of memory, use "
-                               f"fewer workers or free RAM.")
-        return item
-
-
-def _split_to_tensor(transforms: Any) -> tuple[Any, AbstractTransform | None]:
-    """(transforms without a trailing NumpyToTensor, that NumpyToTensor or None)."""
-    if isinstance(transforms, Compose) and transforms.transforms and \
-            isinstance(transforms.transforms[-1], NumpyToTensor):
-        return Compose(list(transforms.transforms[:-1])), transforms.transforms[-1]
-    return transforms, None
-
-
-class BatchIterator:
-    """Augmented batches from a loader, in-process or from worker processes. Close it (or use ``with``).
-
-    With workers, a trailing ``NumpyToTensor`` runs in the main process: workers send numpy arrays
-    through their pipes, so no torch shared-memory file descriptors cross processes (they fail noisily
-    when a worker exits first, and count against the open-file limit).
-    """
-
-    def __init__(self, loader: Any, transforms: Any, num_workers: int, seed: int, pin_memory: bool = False,
-                 timeout_s: float = 300.0):
-        if num_workers < 0:
-            raise AutosegError(f"--num-workers must be >= 0, found {num_workers}.")
-        self.num_workers = int(num_workers)
-        self._augmenter: Any
-        self._to_tensor: AbstractTransform | None = None
-        if self.num_workers == 0:
-            self._augmenter = SingleThreadedAugmenter(loader, _SeededTransform(transforms, seed))
-        else:
-            if hasattr(loader, "number_of_threads_in_multithreaded"):  # finite loaders split the cases
-                loader.number_of_threads_in_multithreaded = self.num_workers
-            in_workers, self._to_tensor = _split_to_tensor(transforms)
-            self._augmenter = _WatchedAugmenter(
-                _GuardedLoader(loader, seed), _GuardedTransform(in_workers), num_processes=self.num_workers,
-                num_cached_per_queue=2, seeds=[(seed + i) % 2**32 for i in range(self.num_workers)],
-                pin_memory=False, timeout_s=timeout_s)
-        self._pin_memory = pin_memory
-        self._closed = False
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return self
-
-    def __next__(self) -> dict[str, Any]:
-        if self._closed:
-            raise AutosegError("this batch iterator was closed; create a new one with make_batch_iterator().")
-        try:
-            batch = next(self._augmenter)
-        except AutosegError:
-            self._closed = True  # the workers were shut down
-            raise
-        if self._to_tensor is not None:
-            batch = self._to_tensor(**batch)
-        if self._pin_memory:
-            batch = _pinned(batch)
-        return batch
-
-    def close(self) -> None:
-        """Stop the worker processes (if any); safe to call more than once."""
-        if not self._closed and isinstance(self._augmenter, MultiThreadedAugmenter):
-            self._augmenter._finish()
-        self._closed = True
-
-    def __enter__(self) -> BatchIterator:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
-
-
-def _pinned(batch: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return batch
-    pin = lambda v: v.pin_memory() if isinstance(v, torch.Tensor) else v  # noqa: E731
-    return {k: [pin(x) for x in v] if isinstance(v, list) else pin(v) for k, v in batch.items()}
-
-
-def make_batch_iterator(loader: Any, transforms: Any, num_workers: int, seed: int,
-                        pin_memory: bool = False, timeout_s: float = 300.0) -> BatchIterator:
-    """Augmented batches: in-process for ``num_workers == 0``, else ``num_workers`` worker processes.
-
-    Worker ``i`` seeds numpy with ``seed + i``; in-process, the transforms draw from a private random
-    state seeded with ``seed`` (numpy's global state is left untouched). A dead worker, a worker that
-    raised, or no batch within ``timeout_s`` seconds raises :class:`AutosegError` saying what to do.
-    """
-    return BatchIterator(loader, transforms, num_workers, seed, pin_memory=pin_memory, timeout_s=timeout_s)

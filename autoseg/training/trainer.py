@@ -10,17 +10,16 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from ..errors import AutosegError
 from ..schemas import ConfigurationPlan, TrainingSettings
 from ..workdir import Workdir
-from .augmentation import (deep_supervision_scales, initial_patch_size, make_batch_iterator,
+from .augmentation import (deep_supervision_scales, initial_patch_size,
                            rotation_ranges, training_transforms, validation_transforms)
+from .batch_iterator import make_batch_iterator
 from .checkpoint import find_resume_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
 from .data_loader import PatchDataLoader
 from .losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, hard_dice_counts
