@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from .errors import AutosegError
+from .errors import AutosegError, UsageError
 
 log = logging.getLogger("autoseg")
 
@@ -68,7 +68,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             print(f"{name:12s} {desc}")
         return 0
     if not args.dataset or not args.workdir:
-        raise AutosegError("autoseg plan needs a DATASET folder and --workdir RUN, e.g. "
+        raise UsageError("autoseg plan needs a DATASET folder and --workdir RUN, e.g. "
                            "`autoseg plan data/Dataset102_Hippocampus --workdir runs/hippo`")
     from .pipeline import plan_dataset
     from .planning.explain import explain_plans
@@ -136,7 +136,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     fold = args.fold
     if fold != "all" and not fold.isdigit():
-        raise AutosegError(f"--fold must be a fold number (0..4) or 'all', not '{fold}'")
+        raise UsageError(f"--fold must be a fold number (0..4) or 'all', not '{fold}'")
     overrides = {"epochs": args.epochs, "iterations_per_epoch": args.iterations_per_epoch,
                  "validation_iterations_per_epoch": args.validation_iterations, "initial_lr": args.lr,
                  "batch_size": args.batch_size, "seed": args.seed,
@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if verbose:
             log.exception("autoseg failed")
         print(f"autoseg: error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt:
         print("autoseg: interrupted", file=sys.stderr)
         return 130

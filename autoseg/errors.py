@@ -30,6 +30,10 @@ class DatasetError(AutosegError):
         return (DatasetError, (self.dataset, self.problems))
 
 
+class UsageError(AutosegError):
+    """The command line is incomplete or inconsistent (exit code 2, like argparse's own errors)."""
+
+
 class SchemaError(AutosegError):
     """A JSON artifact does not match its schema (unknown or missing key, wrong version)."""
 

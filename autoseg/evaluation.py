@@ -308,7 +308,9 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, la
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            ctx = multiprocessing.get_context("spawn")  # safe with threads and on every platform
+            # the platform default (fork on Linux): workers use numpy/scipy only, and unlike spawn it
+            # does not re-run a user script that lacks an `if __name__ == "__main__":` guard
+            ctx = multiprocessing.get_context()
             with ProcessPoolExecutor(max_workers=min(num_workers, len(jobs)), mp_context=ctx) as pool:
                 for case_id, res in pool.map(_evaluate_pair, *zip(*jobs)):
                     results[case_id] = res

@@ -328,7 +328,7 @@ def detect_hardware(*, device: str | None = None, gpu_memory_gb: float | None = 
         if not cpu_gflops > 0:
             raise AutosegError(f"--cpu-gflops must be a positive number of GFLOP/s, not {cpu_gflops}")
         unet_rates = {"2d": float(cpu_gflops), "3d": float(cpu_gflops)}
-        unet_precisions = {"2d": "as given", "3d": "as given"}
+        unet_precisions = {"2d": "given", "3d": "given"}
         overrides["--cpu-gflops"] = f"{cpu_gflops:g}"
     elif resolved == "cpu" and measure_cpu:
         try:

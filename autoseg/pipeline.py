@@ -224,6 +224,9 @@ def resolve_training_settings(plans: Plans, config: ConfigurationPlan, fold: str
         clean["time_budget_s"] = None  # an explicit epoch count wins over the planned budget
     base.update(clean)
     base["overrides"] = {**(base.get("overrides") or {}), **clean}
+    if base["precision"] == "fp16" and not str(base["device"]).startswith("cuda"):
+        raise AutosegError(f"--precision fp16 needs a CUDA device, but training runs on {base['device']}; "
+                           f"use --precision bf16 (CPUs with native bf16), fp32, or auto")
     return from_dict(TrainingSettings, base, where="training settings")
 
 
@@ -241,7 +244,9 @@ def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides:
     if config.previous_stage:
         _require_previous_stage(wd, plans, config, splits)
     settings_path = wd.train_settings_json(config.name, fold)
+    _refuse_stale_fold(wd, config, fold, settings_path)
     settings = resolve_training_settings(plans, config, str(fold), overrides or {}, existing=settings_path)
+    settings = replace(settings, plans_hash=stable_hash(config))
     _warn_if_smaller_device(plans, settings.device)
     wd.fold_dir(config.name, fold).mkdir(parents=True, exist_ok=True)
     save_json(settings, settings_path)
@@ -256,6 +261,21 @@ def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides:
         summary = validate_fold(wd, plans, config, settings, trainer.network, val_ids,
                                 load_manifest(wd.root), progress=progress, precision=state.precision)
     return state, summary
+
+
+def _refuse_stale_fold(wd: Workdir, config: ConfigurationPlan, fold: str, settings_path: Path) -> None:
+    """A fold whose checkpoints were trained with another plan must not be resumed or reused."""
+    from .schemas import TrainingSettings
+
+    if not settings_path.exists():
+        return
+    old = load_json(TrainingSettings, settings_path)
+    has_checkpoints = any(wd.checkpoint(config.name, fold, w).exists() for w in ("latest", "final"))
+    if has_checkpoints and old.plans_hash and old.plans_hash != stable_hash(config):
+        raise StaleArtifactError(
+            f"{wd.fold_dir(config.name, fold)} was trained with another plan for {config.name} (plans.json "
+            f"changed since). Delete that folder to train this fold again with the current plans, or use "
+            f"another --workdir.")
 
 
 def _require_previous_stage(wd: Workdir, plans: Plans, config: ConfigurationPlan, splits: Splits) -> None:

@@ -483,6 +483,7 @@ class TrainingSettings:
     time_budget_s: float | None
     checkpoint_every_s: float
     overrides: dict[str, Any] = field(default_factory=dict)
+    plans_hash: str = ""  # hash of the configuration plan trained with (a changed plan makes the fold stale)
 
 
 # --------------------------------------------------------------------------- selection

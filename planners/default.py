@@ -340,8 +340,9 @@ def _cpu_throughput(budget: HardwareBudget, dims: int) -> tuple[float, float, st
     key = f"{dims}d"
     if budget.cpu_unet_gflops.get(key):
         precision = budget.cpu_unet_precision.get(key, "fp32")
-        return (float(budget.cpu_unet_gflops[key]), 1.0,
-                f"measured on whole {key} U-Net training steps in {precision}")
+        source = ("given with --cpu-gflops" if precision == "given"
+                  else f"measured on whole {key} U-Net training steps in {precision}")
+        return float(budget.cpu_unet_gflops[key]), 1.0, source
     if budget.cpu_conv_gflops:
         return (float(budget.cpu_conv_gflops), CPU_NON_CONV_OVERHEAD,
                 f"measured 3D conv throughput, x{CPU_NON_CONV_OVERHEAD} for non-conv work")

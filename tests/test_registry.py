@@ -48,7 +48,8 @@ def test_entry_points_are_read_and_named_by_the_entry_point(fresh_registry):
     ep = importlib.metadata.EntryPoint("house_rules", "planners.default:DefaultPlanner", registry.ENTRY_POINT_GROUP)
     other = importlib.metadata.EntryPoint("elsewhere", "planners.default:DefaultPlanner", "another.group")
     fresh_registry.setattr(importlib.metadata, "entry_points", _entry_points(ep, other))
-    assert list(available_planners()) == ["house_rules"]  # found, so no built-in fallback; other groups ignored
+    # the entry point is added to the built-ins (always present); other groups are ignored
+    assert sorted(available_planners()) == ["default", "house_rules", "nnunet_v2"]
     planner = get_planner("house_rules")
     assert isinstance(planner, DefaultPlanner) and planner.name == "house_rules"
 

@@ -155,3 +155,27 @@ def test_time_budget_fixes_the_epoch_count_from_measured_iterations(planned: Pat
     assert final["scheduler"]["current_step"] == final["scheduler"]["total_steps"]
     settings = json.loads(wd.train_settings_json("2d", 0).read_text())
     assert settings["time_budget_s"] == 25.0
+
+
+def test_a_fold_trained_with_other_plans_is_not_reused(planned: Path, capsys) -> None:
+    from dataclasses import replace
+
+    from autoseg.schemas import save_json
+
+    args = ["train", "--workdir", str(planned), "-c", "2d", "--fold", "2", "--epochs", "1",
+            "--iterations-per-epoch", "2", "--validation-iterations", "1", "--no-validation", "--no-progress"]
+    assert main(args) == 0
+    wd = Workdir(planned)
+    plans = load_plans(planned)
+    changed = replace(plans.configuration("2d"), batch_size=plans.configuration("2d").batch_size + 1)
+    save_json(replace(plans, configurations={**plans.configurations, "2d": changed}), wd.plans_json)
+    capsys.readouterr()
+    assert main(args) == 1
+    assert "trained with another plan" in capsys.readouterr().err
+
+
+def test_fp16_on_cpu_is_refused_before_training(planned: Path, capsys) -> None:
+    assert main(["train", "--workdir", str(planned), "-c", "2d", "--fold", "3", "--precision", "fp16",
+                 "--device", "cpu", "--epochs", "1"]) == 1
+    assert "needs a CUDA device" in capsys.readouterr().err
+    assert not Workdir(planned).checkpoint("2d", 3, "final").exists()

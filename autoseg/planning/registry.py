@@ -48,10 +48,9 @@ def register_planner(name: str) -> Callable[[type[Planner]], type[Planner]]:
 def _discover() -> dict[str, str]:
     global _discovered
     if _discovered is None:
-        found = {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
-        if not found:
-            logger.debug("no '%s' entry points installed: using the built-in planners", ENTRY_POINT_GROUP)
-            found = dict(BUILTIN_PLANNERS)
+        # the built-ins are always there (also in a plain checkout); installed entry points add to them
+        found = dict(BUILTIN_PLANNERS)
+        found.update({ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)})
         _discovered = found
     return _discovered
 

@@ -338,7 +338,9 @@ def preprocess_dataset(manifest: DatasetManifest, plan: ConfigurationPlan, workd
                 done.append(_run_case(case, *args))
                 bar.update(1)
         else:
-            ctx = multiprocessing.get_context("spawn")  # safe with threads (torch) and on every OS
+            # the platform default (fork on Linux): workers use numpy/scipy only, and unlike spawn it
+            # does not re-run a user script that lacks an `if __name__ == "__main__":` guard
+            ctx = multiprocessing.get_context()
             with ProcessPoolExecutor(max_workers=num_workers, mp_context=ctx) as pool:
                 futures = {pool.submit(_run_case, case, *args): case for case in todo}
                 try:

@@ -2,22 +2,35 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write
 
 
+def _json_line(record: dict[str, Any]) -> str:
+    """Strict JSON (NaN, e.g. the Dice of a class absent from every validation patch, becomes null)."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps({k: clean(v) for k, v in record.items()}, allow_nan=False) + "\n"
+
+
 def append_log(path: Path, record: dict[str, Any]) -> None:
     """Append one epoch's record to training_log.jsonl (the checkpoint holds the authoritative log)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(_json_line(record))
 
 
 def rewrite_log(path: Path, records: list[dict[str, Any]]) -> None:
     """Rewrite the log from the checkpoint's records (after a resume, lines past the checkpoint go)."""
-    text = "".join(json.dumps(r) + "\n" for r in records)
+    text = "".join(_json_line(r) for r in records)
 
     def _w(tmp: str) -> None:
         Path(tmp).write_text(text, encoding="utf-8")

@@ -241,7 +241,8 @@ class Trainer:
             st.train_seconds += time.monotonic() - t0
             bar.update(1)
             bar.set_postfix(loss=f"{st.epoch_losses[-1]:.3f}")
-            if st.total_epochs is None and st.iteration_in_epoch == CALIBRATION_ITERATIONS:
+            if st.total_epochs is None and st.iteration_in_epoch == min(CALIBRATION_ITERATIONS,
+                                                                        s.iterations_per_epoch):
                 self._fix_schedule_from_budget(t_epoch)
                 bar.set_description(f"epoch {st.epoch + 1}/{st.total_epochs}")
             if time.monotonic() - self._last_checkpoint_time > s.checkpoint_every_s:
