@@ -151,7 +151,9 @@ def test_time_budget_fixes_the_epoch_count_from_measured_iterations(planned: Pat
     state = final["state"]
     assert state["seconds_per_iteration"] > 0
     assert state["total_epochs"] >= 1 and len(state["log"]) == state["total_epochs"]
-    assert final["scheduler"]["total_steps"] == state["total_epochs"] * 15
+    # the schedule (possibly shortened by the budget guard when iterations got slower) ran to its end
+    assert final["scheduler"]["total_steps"] == state["total_iterations"] <= state["total_epochs"] * 15
+    assert sum(r["iterations"] for r in state["log"]) == state["total_iterations"]
     assert final["scheduler"]["current_step"] == final["scheduler"]["total_steps"]
     settings = json.loads(wd.train_settings_json("2d", 0).read_text())
     assert settings["time_budget_s"] == 25.0
@@ -179,3 +181,26 @@ def test_fp16_on_cpu_is_refused_before_training(planned: Path, capsys) -> None:
                  "--device", "cpu", "--epochs", "1"]) == 1
     assert "needs a CUDA device" in capsys.readouterr().err
     assert not Workdir(planned).checkpoint("2d", 3, "final").exists()
+
+
+def test_budget_guard_shortens_the_schedule_when_iterations_slow_down(planned: Path) -> None:
+    plans = load_plans(planned)
+    config = plans.configuration("2d")
+    wd = Workdir(planned)
+    train_ids, val_ids = fold_cases(load_json(Splits, wd.splits_json), 0)
+    settings = resolve_training_settings(plans, config, "0", {"time_budget_s": 100.0, "device": "cpu",
+                                                              "iterations_per_epoch": 10})
+    trainer = Trainer(wd, config, settings, train_ids, val_ids, progress=False)
+    st = trainer.state
+    st.total_epochs, st.total_iterations, st.seconds_per_iteration = 10, 100, 0.5
+    trainer._make_scheduler()
+    st.epoch, st.iteration_in_epoch = 2, 5  # 25 iterations done
+    st.recent_seconds_per_iteration = 2.0  # four times slower than calibrated
+    trainer._elapsed_before = 50.0  # 50 s of the 100 s budget spent: 25 iterations of 2 s remain
+    trainer._guard_budget()
+    assert 25 <= st.total_iterations <= 50 and trainer.scheduler.total_steps == st.total_iterations
+    assert st.total_epochs == -(-st.total_iterations // 10)
+    before = st.total_iterations
+    st.recent_seconds_per_iteration = 0.1  # faster again: the schedule is never extended
+    trainer._guard_budget()
+    assert st.total_iterations == before

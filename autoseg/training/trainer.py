@@ -20,6 +20,7 @@ from ..workdir import Workdir
 from .augmentation import (deep_supervision_scales, initial_patch_size,
                            rotation_ranges, training_transforms, validation_transforms)
 from .batch_iterator import make_batch_iterator
+from .budget import EXPORT_SECONDS_PER_CASE, count_validation_tiles, seconds_per_tile, shortened_total_iterations
 from .checkpoint import find_resume_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
 from .data_loader import PatchDataLoader
 from .losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, hard_dice_counts
@@ -29,8 +30,8 @@ from .schedule import PolyLR, epochs_for_time_budget
 log = logging.getLogger(__name__)
 
 CALIBRATION_ITERATIONS = 12  # iterations timed before the epoch count is fixed under a time budget
+GUARD_EVERY = 25  # iterations between re-projections of the finish time under a time budget
 EMA_WEIGHT = 0.9
-EXPORT_SECONDS_PER_CASE = 1.0  # resampling back, writing the file and the probabilities (small images)
 PLOT_EVERY_S = 30.0  # progress.png is redrawn at most this often (and after the last epoch)  # nnU-Net's pseudo-Dice smoothing for checkpoint_best
 
 
@@ -46,7 +47,12 @@ class TrainState:
 
     epoch: int = 0  # epochs completed
     iteration_in_epoch: int = 0  # iterations done in the current (unfinished) epoch
-    total_epochs: int | None = None  # fixed once (from settings or the time budget)
+    total_epochs: int | None = None  # fixed once (from settings or the time budget); may shrink
+    total_iterations: int | None = None  # the schedule's length; the last epoch may be cut short
+    elapsed_s: float = 0.0  # wall seconds spent in this training so far, over every run (budget clock)
+    validation_epoch_s: float = 0.0  # estimated seconds of one epoch's validation patches
+    final_validation_s: float = 0.0  # estimated seconds of the final full-resolution validation
+    recent_seconds_per_iteration: float | None = None  # exponential average, drives the budget guard
     seconds_per_iteration: float | None = None
     precision: str | None = None  # resolved precision ("auto" is measured once, then fixed)
     precision_probe: dict[str, float] = field(default_factory=dict)  # measured s/iteration per precision
@@ -82,6 +88,8 @@ class Trainer:
         self.loss = DeepSupervisionLoss(base, weights) if config.network.deep_supervision else base
         self._last_checkpoint_time = time.monotonic()
         self._last_plot_time = 0.0
+        self._clock_start = time.monotonic()  # the budget clock: this run started here
+        self._elapsed_before = 0.0  # elapsed_s restored from a checkpoint
 
     # ------------------------------------------------------------------ data
     def _iterators(self):
@@ -157,7 +165,12 @@ class Trainer:
         return loss, _np(tp), _np(fp), _np(fn)
 
     # ------------------------------------------------------------------ checkpoints
+    def elapsed(self) -> float:
+        """Wall seconds spent in this training, over every run (the time-budget clock)."""
+        return self._elapsed_before + time.monotonic() - self._clock_start
+
     def _save(self, which: str) -> None:
+        self.state.elapsed_s = self.elapsed()
         state = {k: v for k, v in self.state.__dict__.items()}
         save_checkpoint(self.wd.checkpoint(self.config.name, self.settings.fold, which),
                         model=self.network, optimizer=self.optimizer, scheduler=self.scheduler,
@@ -173,7 +186,8 @@ class Trainer:
         self.network.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = TrainState(**ckpt["state"])
-        if self.state.total_epochs is not None:
+        self._elapsed_before, self._clock_start = self.state.elapsed_s, time.monotonic()
+        if self.state.total_iterations is not None:
             self._make_scheduler()
             if ckpt.get("scheduler") is not None:
                 self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -185,7 +199,7 @@ class Trainer:
         return True
 
     def _make_scheduler(self) -> None:
-        total = self.state.total_epochs * self.settings.iterations_per_epoch
+        total = self.state.total_iterations
         self.scheduler = PolyLR(self.optimizer, self.settings.initial_lr, total,
                                 exponent=self.settings.poly_exponent)
 
@@ -202,6 +216,7 @@ class Trainer:
         s = self.settings
         if self.state.total_epochs is None and s.time_budget_s is None:
             self.state.total_epochs = s.epochs
+            self.state.total_iterations = s.epochs * s.iterations_per_epoch
             self._make_scheduler()
         train_it, val_it = self._iterators()
         if self.state.precision is None:
@@ -232,23 +247,32 @@ class Trainer:
         s, st = self.settings, self.state
         self.network.train()
         t_epoch = time.monotonic()
-        bar = tqdm(total=s.iterations_per_epoch, initial=st.iteration_in_epoch, disable=not self.progress,
-                   desc=f"epoch {st.epoch + 1}/{st.total_epochs or '?'}", leave=False, unit="it")
-        while st.iteration_in_epoch < s.iterations_per_epoch:
+        bar = tqdm(total=self._iterations_this_epoch(), initial=st.iteration_in_epoch, leave=False, unit="it",
+                   disable=not self.progress, desc=f"epoch {st.epoch + 1}/{st.total_epochs or '?'}")
+        done_before = st.iteration_in_epoch
+        while st.iteration_in_epoch < self._iterations_this_epoch():
             t0 = time.monotonic()
             st.epoch_losses.append(self.train_step(next(train_it)))
             st.iteration_in_epoch += 1
-            st.train_seconds += time.monotonic() - t0
+            dt = time.monotonic() - t0
+            st.train_seconds += dt
+            st.recent_seconds_per_iteration = dt if st.recent_seconds_per_iteration is None else (
+                0.9 * st.recent_seconds_per_iteration + 0.1 * dt)
             bar.update(1)
             bar.set_postfix(loss=f"{st.epoch_losses[-1]:.3f}")
             if st.total_epochs is None and st.iteration_in_epoch == min(CALIBRATION_ITERATIONS,
                                                                         s.iterations_per_epoch):
-                self._fix_schedule_from_budget(t_epoch)
+                self._fix_schedule_from_budget()
                 bar.set_description(f"epoch {st.epoch + 1}/{st.total_epochs}")
+                bar.total = self._iterations_this_epoch()
+            elif st.total_iterations is not None and st.iteration_in_epoch % GUARD_EVERY == 0:
+                self._guard_budget()
+                bar.total = self._iterations_this_epoch()
             if time.monotonic() - self._last_checkpoint_time > s.checkpoint_every_s:
                 self._save("latest")
         bar.close()
         train_time = time.monotonic() - t_epoch
+        n_iterations = max(1, st.iteration_in_epoch - done_before)
         val = self._validate(val_it)
         st.ema_dice = val["mean_dice"] if st.ema_dice is None else (
             EMA_WEIGHT * st.ema_dice + (1 - EMA_WEIGHT) * val["mean_dice"])
@@ -256,11 +280,14 @@ class Trainer:
                   "val_loss": val["loss"], "val_dice_per_class": val["dice"], "val_dice": val["mean_dice"],
                   "ema_dice": st.ema_dice, "lr": self.optimizer.param_groups[0]["lr"],
                   "epoch_seconds": round(time.monotonic() - t_epoch, 2),
-                  "seconds_per_iteration": round(train_time / max(1, s.iterations_per_epoch), 4)}
+                  "seconds_per_iteration": round(train_time / n_iterations, 4),
+                  "iterations": st.iteration_in_epoch}
         st.log.append(record)
         st.epoch += 1
         st.iteration_in_epoch = 0
         st.epoch_losses = []
+        if st.total_iterations is not None and s.time_budget_s is not None:
+            self._guard_budget()
         log.info("epoch %d/%d  train loss %.4f  val loss %.4f  pseudo-Dice %s (EMA %.4f)  lr %.5f  %.1f s",
                  record["epoch"], st.total_epochs, record["train_loss"], record["val_loss"],
                  " ".join(f"{d:.3f}" for d in val["dice"]), st.ema_dice, record["lr"], record["epoch_seconds"])
@@ -307,17 +334,49 @@ class Trainer:
         log.info("precision auto: fp32 %.3f s/it, bf16 %.3f s/it → %s", timings["fp32"], timings["bf16"], best)
         return best
 
-    def _fix_schedule_from_budget(self, t_epoch_start: float) -> None:
-        """Fix the epoch count so that the schedule (and the final validation) ends inside the budget."""
+    def _iterations_this_epoch(self) -> int:
+        ipe = self.settings.iterations_per_epoch
+        if self.state.total_iterations is None:
+            return ipe
+        return max(0, min(ipe, self.state.total_iterations - self.state.epoch * ipe))
+
+    def _guard_budget(self) -> None:
+        """Re-project the finish time; shorten the schedule if iterations got slower than calibrated.
+
+        The poly decay is recomputed towards the earlier end (never extended), and the last epoch
+        may be cut short, so that training plus the final validation still ends inside the budget.
+        """
+        s, st = self.settings, self.state
+        spi = st.recent_seconds_per_iteration or st.seconds_per_iteration
+        if s.time_budget_s is None or not spi:
+            return
+        ipe = s.iterations_per_epoch
+        done = st.epoch * ipe + st.iteration_in_epoch
+        epochs_left = max(0, (st.total_epochs or 0) - st.epoch)
+        left = s.time_budget_s - self.elapsed() - st.final_validation_s - st.validation_epoch_s * epochs_left
+        shorter = shortened_total_iterations(done, st.total_iterations, left, spi)
+        if shorter is not None:
+            old, st.total_iterations = st.total_iterations, shorter
+            st.total_epochs = max(st.epoch + (1 if st.iteration_in_epoch else 0), -(-st.total_iterations // ipe))
+            if self.scheduler is not None:
+                self.scheduler.total_steps = max(st.total_iterations, self.scheduler.current_step, 1)
+            log.info("time budget guard: %.3f s/iteration now (calibrated %.3f): schedule shortened from %d "
+                     "to %d iterations to end inside %.0f s", spi, st.seconds_per_iteration or spi, old,
+                     st.total_iterations, s.time_budget_s)
+
+    def _fix_schedule_from_budget(self) -> None:
+        """Fix the schedule so that training (and the final validation) ends inside the budget."""
         s, st = self.settings, self.state
         spi = st.train_seconds / max(1, st.iteration_in_epoch)
         st.seconds_per_iteration = spi
         per_tile = self._seconds_per_tile()
         val_s = per_tile * s.batch_size * s.validation_iterations_per_epoch * 1.5  # + loading the patches
         final_val_s = self.estimate_final_validation_seconds(per_tile)
-        remaining = s.time_budget_s - (time.monotonic() - t_epoch_start)
+        st.validation_epoch_s, st.final_validation_s = val_s, final_val_s
+        remaining = s.time_budget_s - self.elapsed()
         st.total_epochs = epochs_for_time_budget(remaining + spi * st.iteration_in_epoch, spi,
                                                  s.iterations_per_epoch, val_s, final_val_s)
+        st.total_iterations = st.total_epochs * s.iterations_per_epoch
         self._make_scheduler()
         for _ in range(st.iteration_in_epoch):  # the timed iterations are part of the schedule
             self.scheduler.step()
@@ -327,33 +386,14 @@ class Trainer:
 
     def estimate_final_validation_seconds(self, seconds_per_tile: float) -> float:
         """Tiles x mirrorings x measured forward time of one tile, plus export time per case."""
-        from ..inference.sliding_window import tile_starts
-
-        n_tiles = 0
-        pre = self.wd.preprocessed_dir(self.config.data_identifier)
-        for cid in self.val_ids:
-            shape = np.load(pre / f"{cid}.npy", mmap_mode="r").shape[1:]
-            if self.config.dims == 2 and len(shape) == 3:
-                n_tiles += shape[0] * len(_tiles(shape[1:], self.settings.patch_size, tile_starts))
-            else:
-                n_tiles += len(_tiles(shape, self.settings.patch_size, tile_starts))
+        n_tiles = count_validation_tiles(self.wd.preprocessed_dir(self.config.data_identifier), self.val_ids,
+                                         self.settings.patch_size, self.config.dims)
         mirrors = 2 ** len(self.config.mirror_axes)
         return n_tiles * mirrors * seconds_per_tile * 1.2 + EXPORT_SECONDS_PER_CASE * len(self.val_ids)
 
-    @torch.inference_mode()
-    def _seconds_per_tile(self, tiles: int = 4) -> float:
-        """Measured forward time of one patch in eval mode at the training precision (best of 2)."""
-        was_training = self.network.training
-        self.network.eval()
-        x = torch.randn(tiles, self.config.network.in_channels, *self.settings.patch_size, device=self.device)
-        best = float("inf")
-        for _ in range(3):
-            t0 = time.perf_counter()
-            with self._autocast():
-                self.network(x)
-            best = min(best, time.perf_counter() - t0)
-        self.network.train(was_training)
-        return best / tiles
+    def _seconds_per_tile(self) -> float:
+        return seconds_per_tile(self.network, self.config.network.in_channels, self.settings.patch_size,
+                                self.device, self._autocast)
 
     @torch.inference_mode()
     def _validate(self, val_it) -> dict[str, Any]:
@@ -371,13 +411,6 @@ class Trainer:
         finite = [d for d in dice if not math.isnan(d)]
         return {"loss": float(np.mean(losses)) if losses else float("nan"), "dice": dice,
                 "mean_dice": float(np.mean(finite)) if finite else 0.0}
-
-
-def _tiles(shape, patch, tile_starts) -> list:
-    import itertools
-
-    starts = tile_starts(list(shape), list(patch), 0.5)
-    return list(itertools.product(*starts))
 
 
 def _float(output):

@@ -1,0 +1,59 @@
+"""Time-budget arithmetic for training: measured inference cost and the schedule-shortening rule.
+
+Budgeted schedules (Li, Yumer, Ramanan, ICLR 2020) fix the step count from a measured step time and
+decay the learning rate to zero at the deadline; on a machine whose speed changes, the finish time is
+re-projected as training goes and the schedule is shortened (never extended) when it would overrun.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+EXPORT_SECONDS_PER_CASE = 1.0  # resampling back, writing the file and the probabilities (small images)
+
+
+def count_validation_tiles(preprocessed_dir: Path, case_ids: Sequence[str], patch_size: Sequence[int],
+                           dims: int) -> int:
+    """Sliding-window tiles (step 0.5) needed to predict ``case_ids``; 2D patches tile every slice."""
+    from ..inference.sliding_window import tile_starts
+
+    n = 0
+    for cid in case_ids:
+        shape = np.load(Path(preprocessed_dir) / f"{cid}.npy", mmap_mode="r").shape[1:]
+        slices, spatial = (shape[0], shape[1:]) if dims == 2 and len(shape) == 3 else (1, shape)
+        n += slices * len(list(itertools.product(*tile_starts(list(spatial), list(patch_size), 0.5))))
+    return n
+
+
+@torch.inference_mode()
+def seconds_per_tile(network: torch.nn.Module, in_channels: int, patch_size: Sequence[int],
+                     device: torch.device, autocast: Callable, tiles: int = 4) -> float:
+    """Measured forward time of one patch in eval mode under ``autocast()`` (best of 3 batches)."""
+    was_training = network.training
+    network.eval()
+    x = torch.randn(tiles, in_channels, *patch_size, device=device)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        with autocast():
+            network(x)
+        best = min(best, time.perf_counter() - t0)
+    network.train(was_training)
+    return best / tiles
+
+
+def shortened_total_iterations(done: int, total: int, seconds_left: float,
+                               seconds_per_iteration: float) -> int | None:
+    """The new schedule length when ``total`` iterations no longer fit, else None (never longer).
+
+    ``seconds_left`` is what remains of the budget after the planned validations.
+    """
+    allowed = done + max(0, int(seconds_left / seconds_per_iteration))
+    if allowed >= total:
+        return None
+    return max(done, allowed, 1)
