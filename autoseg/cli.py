@@ -152,6 +152,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- find-best
+
+def _add_find_best(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("find-best", help="rank configurations and ensembles on cross-validation",
+                       description="Scores every configuration that has all its folds trained, and every "
+                                   "ensemble of them (averaged probabilities), on the merged cross-validation "
+                                   "predictions; picks the winner on mean foreground Dice, then chooses "
+                                   "postprocessing that makes no class worse. Writes results/selection.json.")
+    p.add_argument("--workdir", required=True, help="work folder made by `autoseg plan`")
+    p.add_argument("-c", "--configurations", nargs="+", default=None, metavar="CONFIG",
+                   help="only these configurations (default: every trained one)")
+    p.add_argument("--folds", nargs="+", type=int, default=None, help="only these folds (default: all)")
+    p.add_argument("--overwrite", action="store_true", help="select again even if selection.json is current")
+    _common(p)
+    p.set_defaults(func=_cmd_find_best)
+
+
+def _cmd_find_best(args: argparse.Namespace) -> int:
+    from .selection import find_best, format_ranking
+
+    selection = find_best(args.workdir, configurations=args.configurations, folds=args.folds,
+                          progress=not args.no_progress, overwrite=args.overwrite)
+    print(format_ranking(selection))
+    return 0
+
+
 # --------------------------------------------------------------------------- demo
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -181,7 +207,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- main
 
-_ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_train, _add_demo]
+_ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_train, _add_find_best, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

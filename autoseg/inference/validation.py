@@ -57,7 +57,7 @@ def validate_fold(wd: Workdir, plans: Plans, config: ConfigurationPlan, settings
         network.set_deep_supervision(False)
     network.eval()
     per_case: dict[str, Any] = {}
-    seconds: dict[str, float] = {}
+    seconds: dict[str, float] = _previous_seconds(wd.validation_summary_json(config.name, fold))
     final_ckpt = wd.checkpoint(config.name, fold, "final")
     for cid in tqdm(val_ids, desc=f"validating {config.name} fold {fold}", disable=not progress, unit="case"):
         pred_path = out_dir / f"{cid}{manifest.file_ending}"
@@ -82,11 +82,22 @@ def validate_fold(wd: Workdir, plans: Plans, config: ConfigurationPlan, settings
     summary = summarize(per_case, fg, {v: labels[v] for v in fg})
     summary["configuration"] = config.name
     summary["fold"] = fold
+    seconds = {k: v for k, v in seconds.items() if k in per_case}
     summary["seconds_per_case"] = seconds
     if seconds:
         summary["mean_seconds_per_case"] = float(np.mean(list(seconds.values())))
     atomic_write_json(wd.validation_summary_json(config.name, fold), summary)
     return summary
+
+
+def _previous_seconds(summary_path: Path) -> dict[str, float]:
+    """Timings of an earlier validation run, kept for the cases whose predictions are reused."""
+    import json
+
+    try:
+        return dict(json.loads(summary_path.read_text()).get("seconds_per_case") or {})
+    except (OSError, ValueError):
+        return {}
 
 
 def _current(path: Path, reference: Path) -> bool:
