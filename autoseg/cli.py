@@ -178,6 +178,50 @@ def _cmd_find_best(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- predict
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="segment new images with the selected configuration(s)",
+                       description="Segments every case in INPUT (a folder in imagesTs layout, or files) and "
+                                   "writes each with its input's geometry and format. Without -c it uses "
+                                   "results/selection.json (running find-best first when it is missing).")
+    p.add_argument("--workdir", required=True, help="work folder with trained folds")
+    p.add_argument("-i", "--input", required=True, nargs="+", help="folder of <case>_<cccc><ext> files, or files")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("-c", "--configurations", nargs="+", default=None, metavar="CONFIG",
+                   help="use these configurations (probabilities averaged) instead of the selection")
+    p.add_argument("--folds", nargs="+", default=None, help="folds to use (default: the selection's, or all)")
+    p.add_argument("--fast", action="store_true",
+                   help="no mirroring, tile step 0.75 and only the first fold unless --folds is given")
+    p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz probabilities")
+    p.add_argument("--save-uncertainty", action="store_true",
+                   help="also write a per-voxel map of disagreement between the ensemble members")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
+    _common(p)
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .inference.predict_cases import predict_cases
+    from .workdir import Workdir
+
+    if args.configurations is None and not Workdir(args.workdir).selection_json.exists():
+        from .selection import find_best, format_ranking
+
+        log.info("no selection yet: running find-best first")
+        print(format_ranking(find_best(args.workdir, progress=not args.no_progress)))
+    folds = None if args.folds is None else [f if f == "all" else int(f) for f in args.folds]
+    inputs = args.input[0] if len(args.input) == 1 else args.input
+    info = predict_cases(args.workdir, inputs, args.output, configurations=args.configurations, folds=folds,
+                         fast=args.fast, save_probabilities=args.save_probabilities,
+                         save_uncertainty=args.save_uncertainty, device=args.device,
+                         progress=not args.no_progress)
+    n = len(info.get("seconds_per_case", {}))
+    print(f"predicted {n} case(s) into {args.output} with {', '.join(info.get('configurations', []))} "
+          f"(folds {info.get('folds')}); details in {args.output}/prediction_info.json")
+    return 0
+
+
 # --------------------------------------------------------------------------- demo
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -207,7 +251,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- main
 
-_ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_train, _add_find_best, _add_demo]
+_ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_train, _add_find_best, _add_predict, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
