@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .errors import AutosegError, UsageError
 
@@ -222,6 +223,71 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- evaluate
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="Dice, IoU, HD95 and surface Dice of predictions against references",
+                       description="Compares every prediction PRED/<case><ext> with REF/<case><ext> per case and "
+                                   "class (distances in mm from the images' spacing). Cases where both are "
+                                   "empty are reported as such. Prints a table and writes JSON.")
+    p.add_argument("--pred", required=True, help="folder of predicted label files")
+    p.add_argument("--ref", required=True, help="folder of reference label files (e.g. labelsTr)")
+    p.add_argument("--labels", nargs="+", type=int, default=None,
+                   help="foreground labels (default: from --dataset-json, else every value found)")
+    p.add_argument("--dataset-json", default=None, help="dataset.json for label names and file ending")
+    p.add_argument("--file-ending", default=None, help="e.g. .nii.gz (default: from --dataset-json or "
+                   "the files in --pred)")
+    p.add_argument("--surface", action="store_true", help="also HD95 and surface Dice (slower)")
+    p.add_argument("--tolerance-mm", type=float, default=1.0, help="surface Dice tolerance (default 1 mm)")
+    p.add_argument("-o", "--output", default=None, help="summary JSON (default: PRED/summary.json)")
+    _common(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .atomic import atomic_write_json
+    from .evaluation import evaluate_folders, format_table
+
+    names: dict[int, str] = {}
+    ending = args.file_ending
+    if args.dataset_json:
+        from .atomic import read_json
+
+        dj = read_json(args.dataset_json)
+        names = {int(v): k for k, v in dj.get("labels", {}).items() if isinstance(v, int) and v != 0}
+        ending = ending or dj.get("file_ending")
+    if ending is None:
+        endings = sorted({_ending(p.name) for p in Path(args.pred).iterdir() if p.is_file()
+                          and not p.name.endswith((".json", ".npz"))})
+        if len(endings) != 1:
+            raise UsageError(f"cannot tell the file ending of {args.pred} (found {endings or 'no files'}); "
+                             f"give --file-ending or --dataset-json")
+        ending = endings[0]
+    labels = args.labels or sorted(names) or None
+    if labels is None:
+        from .data.image_io import read_label
+        import numpy as np
+
+        found: set[int] = set()
+        for p in Path(args.ref).glob(f"*{ending}"):
+            found |= {int(v) for v in np.unique(read_label(p)[0])}
+        labels = sorted(v for v in found if v > 0)
+    summary = evaluate_folders(args.pred, args.ref, labels, ending, num_workers=args.num_workers or 1,
+                               surface_metrics=args.surface, tolerance_mm=args.tolerance_mm,
+                               progress=not args.no_progress, label_names=names or None)
+    out = Path(args.output) if args.output else Path(args.pred) / "summary.json"
+    atomic_write_json(out, json.loads(json.dumps(summary, default=float)))
+    print(format_table(summary))
+    print(f"written: {out}")
+    return 0
+
+
+def _ending(name: str) -> str:
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
 # --------------------------------------------------------------------------- demo
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -251,7 +317,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- main
 
-_ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_train, _add_find_best, _add_predict, _add_demo]
+_ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_train, _add_find_best, _add_predict, _add_evaluate, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
