@@ -232,7 +232,11 @@ def resolve_training_settings(plans: Plans, config: ConfigurationPlan, fold: str
 
 def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides: dict | None = None,
                progress: bool = True, validate: bool = True):
-    """Train one configuration on one fold (resuming if a checkpoint exists), then validate it."""
+    """Train one configuration on one fold (resuming if a checkpoint exists), then validate it.
+
+    A cascade configuration (``previous_stage`` set) needs the previous stage's held-out segmentation of
+    every training and validation case (written by that stage's folds, see :func:`_require_previous_stage`).
+    """
     from .training.splits import fold_cases
     from .training.trainer import Trainer
 
@@ -241,8 +245,8 @@ def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides:
     config = plans.configuration(configuration)
     splits = load_json(Splits, wd.splits_json)
     train_ids, val_ids = fold_cases(splits, fold)
-    if config.previous_stage:
-        _require_previous_stage(wd, plans, config, splits)
+    previous_segs = _require_previous_stage(wd, plans, config, splits, [*train_ids, *val_ids]) \
+        if config.previous_stage else None
     settings_path = wd.train_settings_json(config.name, fold)
     _refuse_stale_fold(wd, config, fold, settings_path)
     settings = resolve_training_settings(plans, config, str(fold), overrides or {}, existing=settings_path)
@@ -252,14 +256,16 @@ def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides:
     save_json(settings, settings_path)
     log.info("training %s fold %s on %s (%s): %d training / %d validation cases", config.name, fold,
              settings.device, settings.precision, len(train_ids), len(val_ids))
-    trainer = Trainer(wd, config, settings, train_ids, val_ids, progress=progress)
+    trainer = Trainer(wd, config, settings, train_ids, val_ids, progress=progress,
+                      previous_stage_segs=previous_segs)
     state = trainer.fit()
     summary = None
     if validate:
         from .inference.validation import validate_fold
 
         summary = validate_fold(wd, plans, config, settings, trainer.network, val_ids,
-                                load_manifest(wd.root), progress=progress, precision=state.precision)
+                                load_manifest(wd.root), progress=progress, precision=state.precision,
+                                previous_stage_segs=previous_segs)
     return state, summary
 
 
@@ -278,14 +284,37 @@ def _refuse_stale_fold(wd: Workdir, config: ConfigurationPlan, fold: str, settin
             f"another --workdir.")
 
 
-def _require_previous_stage(wd: Workdir, plans: Plans, config: ConfigurationPlan, splits: Splits) -> None:
+def _require_previous_stage(wd: Workdir, plans: Plans, config: ConfigurationPlan, splits: Splits,
+                            case_ids: list[str]) -> dict[str, Path]:
+    """case id -> the previous stage's ``<case>_seg.npy`` from the fold that held the case out.
+
+    Every file must exist; else AutosegError naming the missing files and the commands that write
+    them (training a previous-stage fold, or re-running a trained one, writes its held-out cases').
+    """
+    from .training.cascade import cascade_foreground_labels, previous_stage_fold, previous_stage_seg_paths
+
     prev = config.previous_stage
-    missing = [k for k in range(len(splits.folds))
-               if not wd.checkpoint(prev, k, "final").exists()]
+    paths = previous_stage_seg_paths(wd, splits, prev, case_ids)
+    missing = [cid for cid, path in paths.items() if not path.is_file()]
     if missing:
-        cmds = "; ".join(f"autoseg train --workdir {wd.root} -c {prev} --fold {k}" for k in missing)
-        raise AutosegError(f"{config.name} trains on the predictions of {prev}, whose folds "
-                           f"{missing} are not trained yet. Run first: {cmds}")
+        folds = sorted({previous_stage_fold(splits, cid) for cid in missing})
+        cmds = "; ".join(f"autoseg train --workdir {wd.root} -c {prev} --fold {k}" for k in folds)
+        shown = ", ".join(str(paths[c]) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise AutosegError(f"{config.name} trains on the held-out predictions of {prev}, but {len(missing)} of "
+                           f"the {len(paths)} needed file(s) are missing ({shown}): {prev} folds {folds} are "
+                           f"not trained yet or did not finish their final validation. Run first: {cmds}")
+    n_extra = len(cascade_foreground_labels(config))
+    data_path = wd.case_data_npy(config.data_identifier, next(iter(paths))) if paths else None
+    if data_path is not None and data_path.is_file():  # a missing file is reported by the data loader
+        import numpy as np
+
+        channels = int(np.load(data_path, mmap_mode="r").shape[0])
+        if channels + n_extra != config.network.in_channels:
+            raise AutosegError(f"{wd.plans_json}: {config.name} takes network.in_channels="
+                               f"{config.network.in_channels}, but the images have {channels} channel(s) "
+                               f"({data_path.name}) and the {prev} prediction adds {n_extra} one-hot "
+                               f"channel(s), {channels + n_extra} in all; rerun `autoseg plan --overwrite`.")
+    return paths
 
 
 def _warn_if_smaller_device(plans: Plans, device: str) -> None:

@@ -3,20 +3,28 @@
 Predictions are written under ``validation/`` in the dataset's format with each case's original
 geometry, probabilities as ``<case>_probabilities.npz`` (for ensembling), and ``summary.json`` with
 Dice and IoU per case and class, their means, and seconds per case.
+
+Cascade: a 3d_lowres fold (``next_stage`` set, fold 0..k-1) also writes each held-out case's
+segmentation on the next stage's preprocessed grid to ``predicted_next_stage/<case>_seg.npy``; a
+3d_cascade_fullres fold appends those (one-hot, foreground labels) to each case's input.
 """
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_json
+from ..atomic import atomic_save_npy, atomic_write_json
+from ..errors import AutosegError
+from ..preprocessing.preprocess import segmentation_to_preprocessed_grid
 from ..schemas import CaseProperties, ConfigurationPlan, DatasetManifest, Plans, TrainingSettings, load_json
 from ..workdir import Workdir
+from ..training.cascade import cascade_foreground_labels, one_hot_foreground
 from .export import (logits_to_original_probabilities, probabilities_to_segmentation, save_probabilities,
                      write_prediction)
 from .sliding_window import predict_sliding_window
@@ -39,8 +47,15 @@ def predict_preprocessed_case(networks: torch.nn.Module | list[torch.nn.Module],
 def validate_fold(wd: Workdir, plans: Plans, config: ConfigurationPlan, settings: TrainingSettings,
                   network: torch.nn.Module, val_ids: list[str], manifest: DatasetManifest, *,
                   progress: bool = True, save_probabilities_npz: bool = True,
-                  precision: str | None = None) -> dict[str, Any]:
-    """Predict every validation case, write it, score it against the original labels; returns the summary."""
+                  precision: str | None = None,
+                  previous_stage_segs: Mapping[str, Path] | None = None) -> dict[str, Any]:
+    """Predict every validation case, write it, score it against the original labels; returns the summary.
+
+    ``previous_stage_segs`` (required for a configuration with ``previous_stage``): case id -> the
+    previous stage's ``<case>_seg.npy`` on this configuration's grid, appended one-hot to the input.
+    With ``config.next_stage`` and a numbered fold, each case's segmentation is also written on the
+    next stage's grid (see :func:`write_next_stage_segmentation`).
+    """
     from tqdm import tqdm
 
     from ..data.image_io import read_label
@@ -59,14 +74,20 @@ def validate_fold(wd: Workdir, plans: Plans, config: ConfigurationPlan, settings
     per_case: dict[str, Any] = {}
     seconds: dict[str, float] = _previous_seconds(wd.validation_summary_json(config.name, fold))
     final_ckpt = wd.checkpoint(config.name, fold, "final")
+    if config.previous_stage and previous_stage_segs is None:
+        raise AutosegError(f"{config.name} predicts from the {config.previous_stage} segmentations, but none "
+                           f"were given for validating fold {fold}; validate it through `autoseg train`.")
+    next_cfg = plans.configuration(config.next_stage) if config.next_stage and str(fold).isdigit() else None
     for cid in tqdm(val_ids, desc=f"validating {config.name} fold {fold}", disable=not progress, unit="case"):
         pred_path = out_dir / f"{cid}{manifest.file_ending}"
         prob_path = wd.validation_probabilities(config.name, fold, cid)
         props = load_json(CaseProperties, pre / f"{cid}.json")
         if not _current(pred_path, final_ckpt) or (save_probabilities_npz and not _current(prob_path, final_ckpt)):
             t0 = time.monotonic()
-            data = np.load(pre / f"{cid}.npy", mmap_mode="r")
-            probs = predict_preprocessed_case(network, np.asarray(data), props, config,
+            data = np.asarray(np.load(pre / f"{cid}.npy", mmap_mode="r"))
+            if config.previous_stage:
+                data = _with_previous_stage(data, previous_stage_segs, cid, config)
+            probs = predict_preprocessed_case(network, data, props, config,
                                               device=settings.device,
                                               precision=precision or settings.precision)
             seg = probabilities_to_segmentation(probs)
@@ -77,6 +98,10 @@ def validate_fold(wd: Workdir, plans: Plans, config: ConfigurationPlan, settings
             del probs
         else:
             seg, _ = read_label(pred_path)
+        if next_cfg is not None:
+            next_path = wd.lowres_predictions_dir(config.name, fold) / f"{cid}_seg.npy"
+            if not _current(next_path, final_ckpt) or not _current(next_path, pred_path):
+                write_next_stage_segmentation(wd, next_cfg, cid, np.asarray(seg), next_path)
         ref, geom = read_label(cases[cid].label)
         per_case[cid] = evaluate_case(np.asarray(seg), np.asarray(ref).astype(np.int64), fg, geom.spacing_zyx)
     summary = summarize(per_case, fg, {v: labels[v] for v in fg})
@@ -98,6 +123,42 @@ def _previous_seconds(summary_path: Path) -> dict[str, float]:
         return dict(json.loads(summary_path.read_text()).get("seconds_per_case") or {})
     except (OSError, ValueError):
         return {}
+
+
+def write_next_stage_segmentation(wd: Workdir, next_config: ConfigurationPlan, case_id: str, seg: np.ndarray,
+                                  out_path: Path) -> None:
+    """``seg`` (Z, Y, X) at the case's original geometry -> the next stage's preprocessed grid, saved
+    atomically as ``out_path`` (int8, or int16 for labels > 127; shape (1, *S) like ``<case>_seg.npy``).
+
+    Uses the case's properties in the next stage's preprocessed folder (crop box, resampled shape,
+    spacings) and the same label resampling as preprocessing.
+    """
+    props_path = wd.case_properties_json(next_config.data_identifier, case_id)
+    if not props_path.exists():
+        raise AutosegError(f"case {case_id}: {props_path} does not exist, so its prediction cannot be put on the "
+                           f"{next_config.name} grid; run `autoseg plan DATASET --workdir {wd.root}` (it "
+                           f"preprocesses every configuration) and then this training command again.")
+    props = load_json(CaseProperties, props_path)
+    out = segmentation_to_preprocessed_grid(seg, props, next_config)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_npy(out_path, out.astype(np.int8 if int(out.max(initial=0)) <= 127 else np.int16))
+
+
+def _with_previous_stage(data: np.ndarray, segs: Mapping[str, Path], case_id: str,
+                         config: ConfigurationPlan) -> np.ndarray:
+    """``data`` (C, *S) with the previous stage's one-hot foreground maps appended: (C + L, *S)."""
+    path = segs.get(case_id)
+    if path is None or not Path(path).is_file():
+        raise AutosegError(f"case {case_id}: the {config.previous_stage} segmentation {path} is missing; "
+                           f"re-run the {config.previous_stage} fold that validates this case "
+                           f"(`autoseg train --workdir RUN -c {config.previous_stage} --fold K`).")
+    prev = np.load(path)
+    if prev.shape[1:] != data.shape[1:]:
+        raise AutosegError(f"case {case_id}: {path} has shape {prev.shape}, expected (1, "
+                           f"{', '.join(map(str, data.shape[1:]))}); delete it and re-run the "
+                           f"{config.previous_stage} fold that validates this case to write it again.")
+    onehot = one_hot_foreground(prev[0], cascade_foreground_labels(config), dtype=np.float32)
+    return np.concatenate([data.astype(np.float32, copy=False), onehot])
 
 
 def _current(path: Path, reference: Path) -> bool:

@@ -28,7 +28,7 @@ from ..errors import AutosegError
 from ..schemas import (SCHEMA_VERSION, CaseFiles, CaseProperties, ConfigurationPlan, DatasetManifest,
                        load_json, save_json, stable_hash)
 from ..workdir import Workdir
-from .crop import crop_to_nonzero
+from .crop import crop_to_bbox, crop_to_nonzero
 from .normalize import normalize
 from .resample import compute_new_shape, is_dummy_spacing, resample_data, resample_segmentation
 
@@ -111,10 +111,7 @@ def preprocess_arrays(data: np.ndarray, seg: np.ndarray | None, spacing_zyx: Seq
     del data_r
     seg_out = None
     if seg_c is not None:
-        seg_r = resample_segmentation(seg_c, new_shape, spacing, target, order=rs.label_order,
-                                      separate_z_threshold=rs.separate_z_anisotropy_threshold,
-                                      low_res_axis_order=rs.low_res_axis_order)
-        seg_out = np.ascontiguousarray(seg_r.transpose(*tf)[None], dtype=np.int16)
+        seg_out = _resample_and_transpose_segmentation(seg_c, new_shape, spacing, target, plan)
     info = {
         "shape_before_crop": shape_before,
         "crop_bbox": [[int(lo), int(hi)] for lo, hi in bbox],
@@ -124,6 +121,40 @@ def preprocess_arrays(data: np.ndarray, seg: np.ndarray | None, spacing_zyx: Seq
         "spacing_after": [float(s) for s in target],
     }
     return data_out, seg_out, info
+
+
+def _resample_and_transpose_segmentation(seg_c: np.ndarray, new_shape: Sequence[int],
+                                         spacing: Sequence[float], target: Sequence[float],
+                                         plan: ConfigurationPlan) -> np.ndarray:
+    """Cropped labels (Z, Y, X) -> int16 (1, *S): one-hot order-``label_order`` resampling to
+    ``new_shape``, then ``plan.transpose_forward``. The one place labels enter the preprocessed grid."""
+    rs = plan.resampling
+    seg_r = resample_segmentation(seg_c, new_shape, spacing, target, order=rs.label_order,
+                                  separate_z_threshold=rs.separate_z_anisotropy_threshold,
+                                  low_res_axis_order=rs.low_res_axis_order)
+    return np.ascontiguousarray(seg_r.transpose(*_check_transpose(plan))[None], dtype=np.int16)
+
+
+def segmentation_to_preprocessed_grid(seg: np.ndarray, properties: CaseProperties,
+                                      plan: ConfigurationPlan) -> np.ndarray:
+    """A label map at a case's original geometry -> the case's preprocessed grid for ``plan``.
+
+    ``seg`` (Z, Y, X) integer labels of shape ``properties.shape_before_crop_zyx`` (e.g. a 3d_lowres
+    prediction exported to the original image); ``properties`` is the case's sidecar in ``plan``'s
+    preprocessed folder. Crops to its ``crop_bbox_zyx``, resamples (one-hot, ``label_order``) from
+    ``spacing_before_zyx_mm`` to ``shape_after_resampling_zyx`` and transposes by
+    ``plan.transpose_forward``: returns int16 (1, *S), S the stored data's spatial shape. Unlike
+    preprocessing, voxels outside the nonzero mask keep their label (no -1).
+    """
+    expected = [int(v) for v in properties.shape_before_crop_zyx]
+    if list(seg.shape) != expected:
+        raise AutosegError(f"case {properties.case_id}: segmentation of shape {list(seg.shape)} does not "
+                           f"match the original image shape {expected} recorded for {plan.name}; rerun "
+                           f"`autoseg plan DATASET --workdir RUN` so the preprocessed data is current.")
+    seg_c = crop_to_bbox(np.asarray(seg).astype(np.int16, copy=False), properties.crop_bbox_zyx)
+    return _resample_and_transpose_segmentation(seg_c, properties.shape_after_resampling_zyx,
+                                                properties.spacing_before_zyx_mm,
+                                                properties.spacing_after_zyx_mm, plan)
 
 
 def sample_class_locations(seg: np.ndarray, labels: Sequence[int], seed: int = 1234,

@@ -30,6 +30,7 @@ from batchgenerators.transforms.spatial_transforms import MirrorTransform, Spati
 from batchgenerators.transforms.utility_transforms import NumpyToTensor, RemoveLabelTransform
 
 from ..errors import AutosegError
+from .cascade import CascadeInputTransform
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +172,11 @@ class DownsampleSegForDSTransform2(AbstractTransform):
 
 # --------------------------------------------------------------------------- pipelines
 
-def _finishing_transforms(ds_scales: Sequence[Sequence[float]] | None) -> list[AbstractTransform]:
+def _finishing_transforms(ds_scales: Sequence[Sequence[float]] | None,
+                          cascade: CascadeInputTransform | None = None) -> list[AbstractTransform]:
     tr: list[AbstractTransform] = [RemoveLabelTransform(-1, 0)]
+    if cascade is not None:  # before the targets are downsampled: its seg channel is not a target
+        tr.append(cascade)
     if ds_scales is not None and len(ds_scales) > 1:
         tr.append(DownsampleSegForDSTransform2(ds_scales, order=0))
     tr.append(NumpyToTensor(["data", "seg"], "float"))
@@ -182,7 +186,8 @@ def _finishing_transforms(ds_scales: Sequence[Sequence[float]] | None) -> list[A
 def training_transforms(patch_size: Sequence[int], dims: int, dummy_2d: bool, mirror_axes: Sequence[int],
                         ds_scales: Sequence[Sequence[float]] | None, rotation: dict[str, tuple[float, float]],
                         scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE, order_data: int = 3,
-                        order_seg: int = 1, light: bool = False) -> Compose:
+                        order_seg: int = 1, light: bool = False,
+                        cascade_labels: Sequence[int] | None = None) -> Compose:
     """nnU-Net's training augmentation; input batches are initial patches, output the final ``patch_size``.
 
     In order: [dummy 2D: 3D->2D] SpatialTransform (no elastic; rotation p 0.2 per sample with an angle
@@ -196,6 +201,11 @@ def training_transforms(patch_size: Sequence[int], dims: int, dummy_2d: bool, mi
 
     ``light=True`` is the variant for very short CPU budgets: identical except that the low-resolution
     simulation (the most expensive intensity transform, about 0.4 s per 3D batch on one core) is dropped.
+
+    ``cascade_labels`` (3d_cascade_fullres: the foreground labels): ``seg`` channel 1 holds the previous
+    stage's segmentation; after seg -1 -> 0 it gets nnU-Net's cascade augmentation (random binary
+    morphology p 0.4, random component removal p 0.2) and moves into ``data`` as one-hot channels
+    (:class:`~autoseg.training.cascade.CascadeInputTransform`).
     """
     patch = [int(v) for v in patch_size]
     if len(patch) != dims:
@@ -235,12 +245,16 @@ def training_transforms(patch_size: Sequence[int], dims: int, dummy_2d: bool, mi
     ]
     if len(mirror_axes) > 0:
         tr.append(MirrorTransform(tuple(int(a) for a in mirror_axes)))
-    return Compose(tr + _finishing_transforms(ds_scales))
+    cascade = CascadeInputTransform(cascade_labels) if cascade_labels else None
+    return Compose(tr + _finishing_transforms(ds_scales, cascade))
 
 
-def validation_transforms(ds_scales: Sequence[Sequence[float]] | None) -> Compose:
-    """Validation batches: seg -1 -> 0, deep-supervision targets (when > 1 scale), to tensors.
+def validation_transforms(ds_scales: Sequence[Sequence[float]] | None,
+                          cascade_labels: Sequence[int] | None = None) -> Compose:
+    """Validation batches: seg -1 -> 0, [cascade: seg channel 1 -> one-hot data channels for
+    ``cascade_labels``, not perturbed], deep-supervision targets (when > 1 scale), to tensors.
 
     Use with a loader whose initial patch size equals the final patch size.
     """
-    return Compose(_finishing_transforms(ds_scales))
+    cascade = CascadeInputTransform(cascade_labels, 0.0, 0.0) if cascade_labels else None
+    return Compose(_finishing_transforms(ds_scales, cascade))

@@ -12,13 +12,18 @@ label picked uniformly among the labels present in the case; the others are plac
 the final (centre) crop may reach each border. Parts of a crop outside the image are padded with 0
 (data) and -1 (seg). With ``dims == 2`` one slice along axis 0 is cut (the chosen voxel's slice for
 forced samples) and the patches are 2D.
+
+Cascade: given ``previous_stage_segs`` (case id -> ``<case>_seg.npy`` of the previous stage's prediction on
+this folder's grid, int (1, Z, Y, X)), that map is cropped and padded exactly like the labels and returned
+as a second ``seg`` channel, so spatial augmentation treats it as labels;
+:class:`autoseg.training.cascade.CascadeInputTransform` later moves it into ``data`` as one-hot channels.
 """
 from __future__ import annotations
 
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +70,7 @@ def forced_foreground_count(batch_size: int, oversample_fraction: float) -> int:
 
 class PatchDataLoader(SlimDataLoaderBase):
     """Batches of patches ``{"data": float32 (B, C, *initial_patch), "seg": int16 (B, 1, *initial_patch),
-    "keys": [case ids]}`` from a preprocessed folder.
+    "keys": [case ids]}`` from a preprocessed folder (``seg`` (B, 2, ...) with ``previous_stage_segs``).
 
     Args:
         preprocessed_dir: folder with ``<case>.npy``, ``<case>_seg.npy``, ``<case>.json`` per case.
@@ -80,12 +85,15 @@ class PatchDataLoader(SlimDataLoaderBase):
             uses the stream ``(seed, t)``.
         infinite: True: random cases forever. False: every case once, in the given order, one patch
             each (the last batch may be smaller), then StopIteration; the next call starts over.
+        previous_stage_segs: cascade only: case id -> path of the previous stage's segmentation
+            (1, Z, Y, X) on this folder's grid; it becomes ``seg`` channel 1 of every patch.
     """
 
     def __init__(self, preprocessed_dir: str | os.PathLike, case_ids: Sequence[str],
                  patch_size: Sequence[int], initial_patch_size: Sequence[int], batch_size: int,
                  oversample_fraction: float = 0.33, dims: int = 3, seed: int = 12345,
-                 infinite: bool = True):
+                 infinite: bool = True,
+                 previous_stage_segs: Mapping[str, str | os.PathLike] | None = None):
         super().__init__(None, batch_size, None)
         self.preprocessed_dir = Path(preprocessed_dir)
         self.case_ids = [str(c) for c in case_ids]
@@ -95,12 +103,14 @@ class PatchDataLoader(SlimDataLoaderBase):
         self.dims = int(dims)
         self.seed = int(seed)
         self.infinite = bool(infinite)
+        self.previous_stage_segs = ({str(k): Path(v) for k, v in previous_stage_segs.items()}
+                                    if previous_stage_segs is not None else None)
         self._check_arguments()
         self._check_files()
         self._need_to_pad = [max(i - p, 0) for i, p in zip(self.initial_patch_size, self.patch_size)]
         self._rng = self._make_rng(0)
         self._position: int | None = None
-        self._arrays: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._arrays: OrderedDict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = OrderedDict()
         self._locations: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
         self._owner_pid = os.getpid()
 
@@ -139,6 +149,16 @@ class PatchDataLoader(SlimDataLoaderBase):
                 f"preprocessed data is incomplete in {self.preprocessed_dir}: {len(missing)} file(s) "
                 f"missing ({shown}); expected <case>.npy, <case>_seg.npy and <case>.json for every "
                 f"case. Rerun `autoseg plan DATASET --workdir RUN` (it redoes missing cases).")
+        if self.previous_stage_segs is not None:
+            gone = [f"{c} (no file given)" if c not in self.previous_stage_segs else
+                    str(self.previous_stage_segs[c]) for c in self.case_ids
+                    if c not in self.previous_stage_segs or not self.previous_stage_segs[c].is_file()]
+            if gone:
+                raise AutosegError(
+                    f"cascade data loader for {self.preprocessed_dir}: the previous stage's segmentation is "
+                    f"missing for {len(gone)} case(s): {', '.join(gone[:6])}{' ...' if len(gone) > 6 else ''}"
+                    f"; train (or re-run) the previous stage's folds first (`autoseg train --workdir RUN "
+                    f"-c 3d_lowres --fold K`).")
 
     # ------------------------------------------------------------------ process-local state
     def _make_rng(self, thread_id: int) -> np.random.Generator:
@@ -162,7 +182,8 @@ class PatchDataLoader(SlimDataLoaderBase):
             self._locations = OrderedDict()
             self._owner_pid = os.getpid()
 
-    def _case_arrays(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+    def _case_arrays(self, case_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Memory maps (data, seg, previous-stage seg or None) of ``case_id``, opened once per process."""
         self._ensure_own_process()
         if case_id in self._arrays:
             self._arrays.move_to_end(case_id)
@@ -179,10 +200,28 @@ class PatchDataLoader(SlimDataLoaderBase):
             raise AutosegError(f"case {case_id} in {self.preprocessed_dir}: expected data (C, Z, Y, X) and "
                                f"seg (1, Z, Y, X) of the same spatial shape, found {data.shape} and "
                                f"{seg.shape}; rerun `autoseg plan DATASET --workdir RUN --overwrite`.")
-        self._arrays[case_id] = (data, seg)
+        prev = self._previous_stage_array(case_id, seg.shape)
+        self._arrays[case_id] = (data, seg, prev)
         if len(self._arrays) > _MAX_OPEN_CASES:
             self._arrays.popitem(last=False)
-        return data, seg
+        return data, seg, prev
+
+    def _previous_stage_array(self, case_id: str, seg_shape: tuple[int, ...]) -> np.ndarray | None:
+        if self.previous_stage_segs is None:
+            return None
+        path = self.previous_stage_segs[case_id]
+        try:
+            prev = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise AutosegError(f"case {case_id}: cannot read the previous stage's segmentation {path} ({e}); "
+                               f"delete it and re-run the previous stage's fold (`autoseg train --workdir "
+                               f"RUN -c 3d_lowres --fold K`) to write it again.") from e
+        if tuple(prev.shape) != tuple(seg_shape):
+            raise AutosegError(f"case {case_id}: the previous stage's segmentation {path} has shape "
+                               f"{tuple(prev.shape)}, expected {tuple(seg_shape)} (this case's labels in "
+                               f"{self.preprocessed_dir}); it was made for other preprocessed data: delete "
+                               f"it and re-run the previous stage's fold to write it again.")
+        return prev
 
     def _class_locations(self, case_id: str) -> dict[str, np.ndarray]:
         self._ensure_own_process()
@@ -266,18 +305,22 @@ class PatchDataLoader(SlimDataLoaderBase):
         return out
 
     def load_sample(self, case_id: str, force_foreground: bool) -> tuple[np.ndarray, np.ndarray]:
-        """One patch of ``case_id``: data float32 (C, *initial_patch), seg int16 (1, *initial_patch)."""
-        data, seg = self._case_arrays(case_id)
+        """One patch of ``case_id``: data float32 (C, *initial_patch), seg int16 (1, *initial_patch)
+        (2 channels with ``previous_stage_segs``: labels, then the previous stage's segmentation)."""
+        data, seg, prev = self._case_arrays(case_id)
         shape = data.shape[1:]
         voxel = self._pick_voxel(case_id, shape) if force_foreground else None
         if self.dims == 2:
             z = int(voxel[0]) if voxel is not None else int(self._rng.integers(shape[0]))
             data, seg = data[:, z], seg[:, z]
+            prev = prev[:, z] if prev is not None else None
             voxel = voxel[1:] if voxel is not None else None
             shape = shape[1:]
         starts = self._crop_start(shape, voxel)
-        return (self._crop(data, starts, DATA_PAD_VALUE, np.float32),
-                self._crop(seg, starts, SEG_PAD_VALUE, np.int16))
+        seg_patch = self._crop(seg, starts, SEG_PAD_VALUE, np.int16)
+        if prev is not None:
+            seg_patch = np.concatenate([seg_patch, self._crop(prev, starts, SEG_PAD_VALUE, np.int16)])
+        return self._crop(data, starts, DATA_PAD_VALUE, np.float32), seg_patch
 
     def generate_train_batch(self) -> dict[str, Any]:
         """The next batch (see the class docstring); the last samples are forced foreground."""

@@ -9,7 +9,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,6 +22,7 @@ from ..workdir import Workdir
 from .augmentation import (deep_supervision_scales, initial_patch_size,
                            rotation_ranges, training_transforms, validation_transforms)
 from .batch_iterator import make_batch_iterator
+from .cascade import cascade_foreground_labels
 from .budget import EXPORT_SECONDS_PER_CASE, count_validation_tiles, seconds_per_tile, shortened_total_iterations
 from .checkpoint import find_resume_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
 from .data_loader import PatchDataLoader
@@ -65,9 +68,13 @@ class TrainState:
 
 class Trainer:
     def __init__(self, workdir: Workdir, config: ConfigurationPlan, settings: TrainingSettings,
-                 train_ids: list[str], val_ids: list[str], *, in_channels_extra: int = 0,
+                 train_ids: list[str], val_ids: list[str], *,
+                 previous_stage_segs: Mapping[str, Path] | None = None,
                  progress: bool = True, hooks: list[TrainerHook] | None = None):
+        """``previous_stage_segs`` (cascade): case id -> the previous stage's ``<case>_seg.npy`` on this
+        configuration's grid, for every training and validation case; fed as one-hot input channels."""
         self.wd, self.config, self.settings = workdir, config, settings
+        self.previous_stage_segs = dict(previous_stage_segs) if previous_stage_segs is not None else None
         self.train_ids, self.val_ids = train_ids, val_ids
         self.progress, self.hooks = progress, list(hooks or [])
         self.fold_dir = workdir.fold_dir(config.name, settings.fold)
@@ -98,16 +105,19 @@ class Trainer:
         init = initial_patch_size(s.patch_size, rot)
         pre_dir = self.wd.preprocessed_dir(cfg.data_identifier)
         ds = self.ds_scales if cfg.network.deep_supervision else [[1.0] * cfg.dims]
+        prev = self.previous_stage_segs
+        cascade = cascade_foreground_labels(cfg) if prev is not None else None
         train_loader = PatchDataLoader(pre_dir, self.train_ids, s.patch_size, init, s.batch_size,
                                        oversample_fraction=s.foreground_oversample_fraction,
-                                       dims=cfg.dims, seed=s.seed + 1000 * self.state.epoch)
+                                       dims=cfg.dims, seed=s.seed + 1000 * self.state.epoch,
+                                       previous_stage_segs=prev)
         tr = training_transforms(s.patch_size, cfg.dims, cfg.dummy_2d_augmentation, cfg.mirror_axes,
-                                 ds, rot)
+                                 ds, rot, cascade_labels=cascade)
         val_loader = PatchDataLoader(pre_dir, self.val_ids, s.patch_size, s.patch_size, s.batch_size,
                                      oversample_fraction=s.foreground_oversample_fraction,
-                                     dims=cfg.dims, seed=s.seed + 7)
+                                     dims=cfg.dims, seed=s.seed + 7, previous_stage_segs=prev)
         train_it = make_batch_iterator(train_loader, tr, s.num_workers, seed=s.seed + self.state.epoch)
-        val_it = make_batch_iterator(val_loader, validation_transforms(ds), 0, seed=s.seed)
+        val_it = make_batch_iterator(val_loader, validation_transforms(ds, cascade), 0, seed=s.seed)
         return train_it, val_it
 
     def _to_device(self, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor] | torch.Tensor]:
