@@ -1,5 +1,16 @@
 """autoseg: self-configuring medical image segmentation.
 
 Nothing heavy happens at import time: torch and SimpleITK are imported by the modules that need them.
+``from autoseg import Predictor`` loads the prediction API on first use.
 """
 __version__ = "0.1.0"
+
+__all__ = ["Predictor", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "Predictor":
+        from .inference.predictor import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'autoseg' has no attribute {name!r}")
