@@ -356,3 +356,11 @@ def test_load_cases_from_folder_rgb(tmp_path: Path) -> None:
     assert [len(c.images) for c in cases] == [1, 1]
     with pytest.raises(AutosegError, match="declares 2"):
         load_cases_from_folder(root / "imagesTr", 2, ".png")
+
+
+def test_labels_must_be_consecutive(ds: Path) -> None:
+    d = json.loads((ds / "dataset.json").read_text())
+    d["labels"] = {"background": 0, "a": 1, "b": 3}
+    (ds / "dataset.json").write_text(json.dumps(d))
+    with pytest.raises(DatasetError, match="skip"):
+        load_dataset(ds)

@@ -64,6 +64,11 @@ def _parse_labels(labels: object) -> tuple[dict[str, int] | None, list[str]]:
                         f"(\"background\": 0); add it")
     elif any(k.lower() == "background" and v != 0 for k, v in labels.items()):
         problems.append(f"{where} gives 'background' a value other than 0; expected \"background\": 0")
+    elif not dupes and sorted(values) != list(range(len(values))):
+        # the network has one output per label and the label value is the output index (as in nnU-Net)
+        missing = sorted(set(range(max(values) + 1)) - set(values))
+        problems.append(f"{where} uses the values {sorted(values)}, which skip {missing}; expected consecutive "
+                        f"values 0..{len(values) - 1}; renumber the labels in dataset.json and in labelsTr")
     return (None if problems else dict(labels)), problems
 
 

@@ -1,10 +1,9 @@
 """Planner registry: entry points of group ``autoseg.planners`` plus ``@register_planner`` for notebooks and tests.
 
 Entry points are read once, lazily (on the first lookup), and a planner class is imported only
-when it is asked for (or listed). When the ``autoseg.planners`` group is empty (a plain checkout,
-not pip-installed), the two built-ins declared in pyproject.toml are used from their modules,
-``planners.default:DefaultPlanner`` and ``planners.nnunet_v2:NnUNetV2Planner``, so everything
-works from the source tree too.
+when it is asked for (or listed). The two built-ins, ``planners.default:DefaultPlanner`` and
+``planners.nnunet_v2:NnUNetV2Planner``, are always registered (also in a plain checkout that is not
+pip-installed); installed entry points are added to them.
 """
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ from .base import Planner
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "autoseg.planners"
-#: Used only when no entry point of :data:`ENTRY_POINT_GROUP` is installed.
+#: Always registered; installed entry points of :data:`ENTRY_POINT_GROUP` are added to them.
 BUILTIN_PLANNERS = {"default": "planners.default:DefaultPlanner",
                     "nnunet_v2": "planners.nnunet_v2:NnUNetV2Planner"}
 _LIST_HINT = "List them with `autoseg plan --list-planners`."

@@ -311,7 +311,7 @@ class Trainer:
         """"auto": time a few real steps in fp32 and bf16 and keep the faster (weights restored after).
 
         bf16 convolutions were measured 1.9-2.9x faster for 3D U-Nets but 0.94x for 2D ones on an
-        AVX512-BF16 CPU with torch 2.13 (see docs/benchmarks), so the choice is measured, not assumed.
+        AVX512-BF16 CPU with torch 2.13 (docs/benchmarks/README.md), so the choice is measured, not assumed.
         """
         p = self.settings.precision
         if p != "auto":
