@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoseg.training.schedule import PolyLR, epochs_for_time_budget
+from autoseg.training.schedule import PolyLR
 
 
 def _opt(lr: float = 1.0) -> torch.optim.Optimizer:
@@ -55,15 +55,16 @@ def test_state_round_trip_is_exact():
         b.load_state_dict({"current_step": 1})
 
 
-def test_epochs_for_time_budget_examples():
-    # 1 h budget, 0.5 s/it * 100 it + 10 s validation = 60 s/epoch, 120 s final validation:
-    # (0.95 * 3600 - 120) / 60 = 55
-    assert epochs_for_time_budget(3600, 0.5, 100, 10, 120) == 55
-    assert epochs_for_time_budget(3600, 0.5, 100, 10, 120, safety=1.0) == 58
-    # the whole run fits: epochs * per_epoch + final <= safety * budget
-    e = epochs_for_time_budget(10_000, 0.37, 250, 7.5, 300)
-    assert e * (0.37 * 250 + 7.5) + 300 <= 0.95 * 10_000 < (e + 1) * (0.37 * 250 + 7.5) + 300
-    # too small a budget still trains one epoch
-    assert epochs_for_time_budget(10, 1.0, 250, 5, 100) == 1
-    with pytest.raises(ValueError):
-        epochs_for_time_budget(100, 0.0, 10, 1, 1)
+def test_total_iterations_for_budget_uses_partial_epochs():
+    from autoseg.training.budget import shortened_total_iterations, total_iterations_for_budget
+
+    # 2 full epochs of (250 x 1 s + 10 s) = 520 s fill 520 s exactly; no time left for a third
+    assert total_iterations_for_budget(520, 1.0, 250, 10) == 500
+    # 100 s: one partial epoch of 90 iterations plus its 10 s validation
+    assert total_iterations_for_budget(100, 1.0, 250, 10) == 90
+    # the Hippocampus case: 3 full epochs and a partial fourth instead of 3 whole epochs
+    assert total_iterations_for_budget(1070, 1.138, 250, 10) == 905
+    assert total_iterations_for_budget(-5, 1.0, 250, 10, done=7) == 7  # never below what is done
+    assert total_iterations_for_budget(0, 1.0, 250, 10) == 1
+    assert shortened_total_iterations(10, 100, 50, 1.0) == 60
+    assert shortened_total_iterations(10, 100, 500, 1.0) is None  # never extended

@@ -57,3 +57,18 @@ def shortened_total_iterations(done: int, total: int, seconds_left: float,
     if allowed >= total:
         return None
     return max(done, allowed, 1)
+
+
+def total_iterations_for_budget(seconds_available: float, seconds_per_iteration: float,
+                                iterations_per_epoch: int, validation_seconds_per_epoch: float,
+                                done: int = 0) -> int:
+    """Iterations that fit ``seconds_available`` (already net of the final validation), counting one
+    per-epoch validation for every started epoch; the last epoch may be partial. At least ``done``
+    and at least 1. Sizing in iterations rather than whole epochs uses the budget to within one
+    iteration instead of wasting up to an epoch.
+    """
+    per_epoch = iterations_per_epoch * seconds_per_iteration + validation_seconds_per_epoch
+    full = int(max(0.0, seconds_available) // per_epoch)
+    rest = seconds_available - full * per_epoch - validation_seconds_per_epoch
+    partial = min(iterations_per_epoch - 1, int(rest / seconds_per_iteration)) if rest > 0 else 0
+    return max(done, full * iterations_per_epoch + max(0, partial), 1)

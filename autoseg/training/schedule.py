@@ -9,7 +9,6 @@ most of the final accuracy comes from, and makes a resumed run identical to an u
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import torch
@@ -88,34 +87,3 @@ class PolyLR:
         self.warmup_steps = int(state["warmup_steps"])
         self.current_step = int(state["current_step"])
         self._apply()
-
-
-def epochs_for_time_budget(time_budget_s: float, seconds_per_iteration: float, iterations_per_epoch: int,
-                           validation_seconds_per_epoch: float, final_validation_seconds: float,
-                           safety: float = 0.95) -> int:
-    """Number of epochs whose whole schedule ends inside ``time_budget_s`` (wall-clock seconds), >= 1.
-
-    ``epochs = floor((safety * time_budget_s - final_validation_seconds) /
-    (seconds_per_iteration * iterations_per_epoch + validation_seconds_per_epoch))``: every epoch pays
-    its training iterations and its per-epoch validation, and the final full-resolution validation of
-    the held-out cases is reserved up front; ``safety`` leaves room for the measurement's error and
-    for checkpoint writes. The measured speeds fix the step count once, and the poly schedule then
-    decays to 0 exactly at the deadline (see the module docstring). If not even one epoch fits, 1 is
-    returned and a warning is logged (the run will overshoot the budget).
-    """
-    if seconds_per_iteration <= 0 or not math.isfinite(seconds_per_iteration):
-        raise ValueError(f"seconds_per_iteration must be a positive number, found {seconds_per_iteration}")
-    if iterations_per_epoch < 1:
-        raise ValueError(f"iterations_per_epoch must be >= 1, found {iterations_per_epoch}")
-    if validation_seconds_per_epoch < 0 or final_validation_seconds < 0:
-        raise ValueError("validation seconds must be >= 0")
-    if not 0 < safety <= 1:
-        raise ValueError(f"safety must be in (0, 1], found {safety}")
-    per_epoch_s = seconds_per_iteration * iterations_per_epoch + validation_seconds_per_epoch
-    usable_s = safety * float(time_budget_s) - final_validation_seconds
-    epochs = math.floor(usable_s / per_epoch_s) if usable_s > 0 else 0
-    if epochs < 1:
-        logger.warning("time budget of %.0f s does not fit one epoch (%.1f s) plus the final validation "
-                       "(%.1f s); training 1 epoch anyway", time_budget_s, per_epoch_s, final_validation_seconds)
-        return 1
-    return int(epochs)

@@ -23,16 +23,18 @@ from .augmentation import (deep_supervision_scales, initial_patch_size,
                            rotation_ranges, training_transforms, validation_transforms)
 from .batch_iterator import make_batch_iterator
 from .cascade import cascade_foreground_labels
-from .budget import EXPORT_SECONDS_PER_CASE, count_validation_tiles, seconds_per_tile, shortened_total_iterations
+from .budget import (EXPORT_SECONDS_PER_CASE, count_validation_tiles, seconds_per_tile,
+                     shortened_total_iterations, total_iterations_for_budget)
 from .checkpoint import find_resume_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
 from .data_loader import PatchDataLoader
 from .losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, hard_dice_counts
 from .network import build_network
-from .schedule import PolyLR, epochs_for_time_budget
+from .schedule import PolyLR
 
 log = logging.getLogger(__name__)
 
 CALIBRATION_ITERATIONS = 12  # iterations timed before the epoch count is fixed under a time budget
+BUDGET_SAFETY = 0.95  # the schedule plans for 95% of the budget: checkpoints, plots and noise take the rest
 GUARD_EVERY = 25  # iterations between re-projections of the finish time under a time budget
 EMA_WEIGHT = 0.9
 PLOT_EVERY_S = 30.0  # progress.png is redrawn at most this often (and after the last epoch)  # nnU-Net's pseudo-Dice smoothing for checkpoint_best
@@ -384,15 +386,16 @@ class Trainer:
         final_val_s = self.estimate_final_validation_seconds(per_tile)
         st.validation_epoch_s, st.final_validation_s = val_s, final_val_s
         remaining = s.time_budget_s - self.elapsed()
-        st.total_epochs = epochs_for_time_budget(remaining + spi * st.iteration_in_epoch, spi,
-                                                 s.iterations_per_epoch, val_s, final_val_s)
-        st.total_iterations = st.total_epochs * s.iterations_per_epoch
+        available = BUDGET_SAFETY * (remaining + spi * st.iteration_in_epoch) - final_val_s
+        st.total_iterations = total_iterations_for_budget(available, spi, s.iterations_per_epoch, val_s,
+                                                          done=st.iteration_in_epoch)
+        st.total_epochs = -(-st.total_iterations // s.iterations_per_epoch)
         self._make_scheduler()
         for _ in range(st.iteration_in_epoch):  # the timed iterations are part of the schedule
             self.scheduler.step()
-        log.info("time budget %.0f s: %.3f s/iteration measured → %d epochs × %d iterations "
-                 "(final validation estimated at %.0f s)", s.time_budget_s, spi, st.total_epochs,
-                 s.iterations_per_epoch, final_val_s)
+        log.info("time budget %.0f s: %.3f s/iteration measured → %d iterations (%d epochs of up to %d; "
+                 "final validation estimated at %.0f s)", s.time_budget_s, spi, st.total_iterations,
+                 st.total_epochs, s.iterations_per_epoch, final_val_s)
 
     def estimate_final_validation_seconds(self, seconds_per_tile: float) -> float:
         """Tiles x mirrorings x measured forward time of one tile, plus export time per case."""
