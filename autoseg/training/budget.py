@@ -14,7 +14,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-EXPORT_SECONDS_PER_CASE = 1.0  # resampling back, writing the file and the probabilities (small images)
+# Export of one validation case (resampling the probabilities back, argmax, writing the label file
+# and the compressed probabilities): a fixed part plus a part per original voxel and class. Measured
+# ~0.1 s per Hippocampus case (63k voxels, 3 classes) on a 2-core EPYC; the per-voxel term is a
+# conservative guess for large images.
+EXPORT_SECONDS_PER_CASE = 0.05
+EXPORT_SECONDS_PER_VOXEL_CLASS = 2e-8
+
+
+def export_seconds(preprocessed_dir: Path, case_ids: Sequence[str], num_classes: int) -> float:
+    """Estimated seconds to export ``case_ids`` back to their original geometry (from their sidecars)."""
+    import json
+
+    total = 0.0
+    for cid in case_ids:
+        try:
+            shape = json.loads((Path(preprocessed_dir) / f"{cid}.json").read_text())["shape_before_crop_zyx"]
+            voxels = float(np.prod(shape))
+        except (OSError, ValueError, KeyError):
+            voxels = 0.0
+        total += EXPORT_SECONDS_PER_CASE + EXPORT_SECONDS_PER_VOXEL_CLASS * voxels * num_classes
+    return total
 
 
 def count_validation_tiles(preprocessed_dir: Path, case_ids: Sequence[str], patch_size: Sequence[int],

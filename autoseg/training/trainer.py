@@ -23,7 +23,7 @@ from .augmentation import (deep_supervision_scales, initial_patch_size,
                            rotation_ranges, training_transforms, validation_transforms)
 from .batch_iterator import make_batch_iterator
 from .cascade import cascade_foreground_labels
-from .budget import (EXPORT_SECONDS_PER_CASE, count_validation_tiles, seconds_per_tile,
+from .budget import (count_validation_tiles, export_seconds, seconds_per_tile,
                      shortened_total_iterations, total_iterations_for_budget)
 from .checkpoint import find_resume_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
 from .data_loader import PatchDataLoader
@@ -402,7 +402,9 @@ class Trainer:
         n_tiles = count_validation_tiles(self.wd.preprocessed_dir(self.config.data_identifier), self.val_ids,
                                          self.settings.patch_size, self.config.dims)
         mirrors = 2 ** len(self.config.mirror_axes)
-        return n_tiles * mirrors * seconds_per_tile * 1.2 + EXPORT_SECONDS_PER_CASE * len(self.val_ids)
+        pre = self.wd.preprocessed_dir(self.config.data_identifier)
+        return (n_tiles * mirrors * seconds_per_tile * 1.2
+                + export_seconds(pre, self.val_ids, self.config.network.num_classes))
 
     def _seconds_per_tile(self) -> float:
         return seconds_per_tile(self.network, self.config.network.in_channels, self.settings.patch_size,
