@@ -171,8 +171,8 @@ def run_nnunet(args: argparse.Namespace, dataset: Path, out: Path, configuration
 # --------------------------------------------------------------------------- report
 
 def ratio(a: Any, b: Any) -> float | None:
-    """a / b for positive numbers, else None."""
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b and not isinstance(a, bool):
+    """a / b for numbers, else None; None too when b is ~0 (a ratio to a Dice of 0.0000 means nothing)."""
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(b) > 1e-3 and not isinstance(a, bool):
         return round(a / b, 3)
     return None
 
