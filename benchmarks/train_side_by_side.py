@@ -78,12 +78,17 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def autoseg_training_stats(records: Sequence[dict[str, Any]], iterations_per_epoch: int) -> dict[str, Any]:
-    """Epochs, iterations and mean seconds per iteration from training_log.jsonl records
-    (each has ``epoch`` and ``seconds_per_iteration``; every epoch has ``iterations_per_epoch``)."""
+    """Epochs, iterations and mean seconds per iteration from training_log.jsonl records (each has
+    ``epoch``, ``seconds_per_iteration`` and ``iterations``; the time-budget guard may cut the last
+    epochs short, so ``iterations_per_epoch`` is only the fallback for records without ``iterations``)."""
     spi = [r["seconds_per_iteration"] for r in records if r.get("seconds_per_iteration") is not None]
     epochs = max((int(r["epoch"]) for r in records), default=0)
-    return {"epochs_done": epochs, "iterations_done": epochs * int(iterations_per_epoch),
-            "seconds_per_iteration": round(sum(spi) / len(spi), 4) if spi else None,
+    iterations = sum(int(r.get("iterations", iterations_per_epoch)) for r in records)
+    weights = [int(r.get("iterations", iterations_per_epoch)) for r in records
+               if r.get("seconds_per_iteration") is not None]
+    mean_spi = sum(a * w for a, w in zip(spi, weights)) / sum(weights) if spi and sum(weights) else None
+    return {"epochs_done": epochs, "iterations_done": iterations,
+            "seconds_per_iteration": round(mean_spi, 4) if mean_spi is not None else None,
             "training_loop_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in records), 1)}
 
 
