@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         "min_dice": args.min_dice, "passed": mean is not None and mean >= args.min_dice,
         "plan_seconds": round(plan.seconds, 1), "plan_peak_mb": round(plan.peak_rss_mb),
         "train_seconds": round(train.seconds, 1), "train_peak_mb": round(train.peak_rss_mb),
-        "epochs": len(log), "iterations": len(log) * settings["iterations_per_epoch"],
+        "epochs": len(log), "iterations": sum(r.get("iterations", settings["iterations_per_epoch"]) for r in log),
         "seconds_per_iteration": round(sum(spi) / len(spi), 4) if spi else None,
         "patch_size": plans["patch_size"], "batch_size": plans["batch_size"],
         "features_per_stage": plans["network"]["features_per_stage"],

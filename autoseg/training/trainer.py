@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_ITERATIONS = 12  # iterations timed before the epoch count is fixed under a time budget
 BUDGET_SAFETY = 0.95  # the schedule plans for 95% of the budget: checkpoints, plots and noise take the rest
+CALIBRATION_WARMUP = 3  # of those, the first ones are not counted (one-off start-up costs)
 GUARD_EVERY = 25  # iterations between re-projections of the finish time under a time budget
 EMA_WEIGHT = 0.9
 PLOT_EVERY_S = 30.0  # progress.png is redrawn at most this often (and after the last epoch)  # nnU-Net's pseudo-Dice smoothing for checkpoint_best
@@ -98,6 +99,7 @@ class Trainer:
         self._last_checkpoint_time = time.monotonic()
         self._last_plot_time = 0.0
         self._clock_start = time.monotonic()  # the budget clock: this run started here
+        self._calibration_times: list[float] = []
         self._elapsed_before = 0.0  # elapsed_s restored from a checkpoint
 
     # ------------------------------------------------------------------ data
@@ -268,6 +270,8 @@ class Trainer:
             st.iteration_in_epoch += 1
             dt = time.monotonic() - t0
             st.train_seconds += dt
+            if st.total_iterations is None:
+                self._calibration_times.append(dt)
             st.recent_seconds_per_iteration = dt if st.recent_seconds_per_iteration is None else (
                 0.9 * st.recent_seconds_per_iteration + 0.1 * dt)
             bar.update(1)
@@ -379,7 +383,10 @@ class Trainer:
     def _fix_schedule_from_budget(self) -> None:
         """Fix the schedule so that training (and the final validation) ends inside the budget."""
         s, st = self.settings, self.state
-        spi = st.train_seconds / max(1, st.iteration_in_epoch)
+        times = self._calibration_times
+        # the first iterations include one-off costs (oneDNN kernel creation, page cache): skip them
+        spi = (float(np.mean(times[CALIBRATION_WARMUP:] if len(times) > 2 * CALIBRATION_WARMUP else times))
+               if times else st.train_seconds / max(1, st.iteration_in_epoch))  # (resumed right here)
         st.seconds_per_iteration = spi
         per_tile = self._seconds_per_tile()
         val_s = per_tile * s.batch_size * s.validation_iterations_per_epoch * 1.5  # + loading the patches
