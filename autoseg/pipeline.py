@@ -180,7 +180,7 @@ def load_plans(workdir: str | Path) -> Plans:
 def default_training_settings(plans: Plans, config: ConfigurationPlan, fold: str, *,
                               device: str | None = None) -> dict:
     """Defaults before CLI overrides: nnU-Net's recipe, sized for the device that is really here."""
-    from .hardware import usable_cpu_cores
+    from .hardware import usable_cpu_cores, worker_count
 
     hw = plans.hardware
     if device is None:
@@ -193,10 +193,11 @@ def default_training_settings(plans: Plans, config: ConfigurationPlan, fold: str
         # "auto": the trainer times fp32 and bf16 steps on the real network and keeps the faster
         # (bf16 won 1.9-2.9x for 3D and lost slightly for 2D on an AVX512-BF16 CPU with torch 2.13).
         precision = "auto"
-        workers = 0 if cores <= 4 else min(cores // 4, 4)  # compute-bound: keep the cores for the network
+        wanted = 0 if cores <= 4 else min(cores // 4, 4)  # compute-bound: keep the cores for the network
     else:
         precision = "fp16"
-        workers = max(1, min(cores - 1, 12))
+        wanted = max(1, min(cores - 1, 12))
+    workers = 0 if wanted == 0 else worker_count(_augmentation_worker_gb(config), max_workers=wanted)
     return dict(
         schema_version=SCHEMA_VERSION, configuration=config.name, fold=str(fold),
         epochs=1000, iterations_per_epoch=250, validation_iterations_per_epoch=20 if on_cpu else 50,
@@ -207,6 +208,17 @@ def default_training_settings(plans: Plans, config: ConfigurationPlan, fold: str
         seed=12345 + (int(fold) if str(fold).isdigit() else 99),
         time_budget_s=hw.training_time_budget_s if on_cpu else None,
         checkpoint_every_s=300.0, overrides={})
+
+
+def _augmentation_worker_gb(config: ConfigurationPlan) -> float:
+    """RAM of one augmentation worker: its queued batches of the enlarged initial patch (~1.5x per
+    axis for rotation/scaling) in float32, with the copies the transforms make (~12), plus ~0.4 GB of
+    interpreter and libraries."""
+    import math
+
+    voxels = math.prod(config.patch_size) * (1.5 ** len(config.patch_size)) * config.batch_size
+    channels = config.network.in_channels + 1  # images + segmentation
+    return 0.4 + voxels * channels * 4 * 12 / 1024**3
 
 
 def resolve_training_settings(plans: Plans, config: ConfigurationPlan, fold: str,

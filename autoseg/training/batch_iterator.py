@@ -236,3 +236,30 @@ def make_batch_iterator(loader: Any, transforms: Any, num_workers: int, seed: in
     raised, or no batch within ``timeout_s`` seconds raises :class:`AutosegError` saying what to do.
     """
     return BatchIterator(loader, transforms, num_workers, seed, pin_memory=pin_memory, timeout_s=timeout_s)
+
+
+def make_training_iterators(preprocessed_dir: Any, config: Any, settings: Any, train_ids: list[str],
+                            val_ids: list[str], ds_scales: list[list[float]], epoch: int,
+                            previous_stage_segs: Any = None) -> tuple["BatchIterator", "BatchIterator"]:
+    """(training batches with augmentation in ``settings.num_workers`` workers, validation patches in-process)
+    for one configuration (ConfigurationPlan) and its TrainingSettings; the cascade's previous-stage
+    segmentations become one-hot input channels when given."""
+    from .augmentation import initial_patch_size, rotation_ranges, training_transforms, validation_transforms
+    from .cascade import cascade_foreground_labels
+    from .data_loader import PatchDataLoader
+
+    s = settings
+    rot = rotation_ranges(s.patch_size, config.dims, config.dummy_2d_augmentation)
+    cascade = cascade_foreground_labels(config) if previous_stage_segs is not None else None
+    train_loader = PatchDataLoader(preprocessed_dir, train_ids, s.patch_size, initial_patch_size(s.patch_size, rot),
+                                   s.batch_size, oversample_fraction=s.foreground_oversample_fraction,
+                                   dims=config.dims, seed=s.seed + 1000 * epoch,
+                                   previous_stage_segs=previous_stage_segs)
+    transforms = training_transforms(s.patch_size, config.dims, config.dummy_2d_augmentation, config.mirror_axes,
+                                     ds_scales, rot, cascade_labels=cascade)
+    val_loader = PatchDataLoader(preprocessed_dir, val_ids, s.patch_size, s.patch_size, s.batch_size,
+                                 oversample_fraction=s.foreground_oversample_fraction, dims=config.dims,
+                                 seed=s.seed + 7, previous_stage_segs=previous_stage_segs)
+    train_it = make_batch_iterator(train_loader, transforms, s.num_workers, seed=s.seed + epoch)
+    val_it = make_batch_iterator(val_loader, validation_transforms(ds_scales, cascade), 0, seed=s.seed)
+    return train_it, val_it

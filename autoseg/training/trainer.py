@@ -19,16 +19,14 @@ import torch
 
 from ..schemas import ConfigurationPlan, TrainingSettings
 from ..workdir import Workdir
-from .augmentation import (deep_supervision_scales, initial_patch_size,
-                           rotation_ranges, training_transforms, validation_transforms)
-from .batch_iterator import make_batch_iterator
-from .cascade import cascade_foreground_labels
-from .budget import (count_validation_tiles, export_seconds, seconds_per_tile,
+from .augmentation import deep_supervision_scales
+from .batch_iterator import make_training_iterators
+from .budget import (final_validation_seconds, seconds_per_tile,
                      shortened_total_iterations, total_iterations_for_budget)
 from .checkpoint import find_resume_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
-from .data_loader import PatchDataLoader
 from .losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, hard_dice_counts
 from .network import build_network
+from .precision import time_precisions
 from .schedule import PolyLR
 
 log = logging.getLogger(__name__)
@@ -37,8 +35,8 @@ CALIBRATION_ITERATIONS = 12  # iterations timed before the epoch count is fixed 
 BUDGET_SAFETY = 0.95  # the schedule plans for 95% of the budget: checkpoints, plots and noise take the rest
 CALIBRATION_WARMUP = 3  # of those, the first ones are not counted (one-off start-up costs)
 GUARD_EVERY = 25  # iterations between re-projections of the finish time under a time budget
-EMA_WEIGHT = 0.9
-PLOT_EVERY_S = 30.0  # progress.png is redrawn at most this often (and after the last epoch)  # nnU-Net's pseudo-Dice smoothing for checkpoint_best
+EMA_WEIGHT = 0.9  # nnU-Net's pseudo-Dice smoothing for checkpoint_best
+PLOT_EVERY_S = 30.0  # progress.png is redrawn at most this often (and after the last epoch)
 
 
 class TrainerHook(Protocol):
@@ -104,25 +102,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _iterators(self):
-        cfg, s = self.config, self.settings
-        rot = rotation_ranges(s.patch_size, cfg.dims, cfg.dummy_2d_augmentation)
-        init = initial_patch_size(s.patch_size, rot)
-        pre_dir = self.wd.preprocessed_dir(cfg.data_identifier)
-        ds = self.ds_scales if cfg.network.deep_supervision else [[1.0] * cfg.dims]
-        prev = self.previous_stage_segs
-        cascade = cascade_foreground_labels(cfg) if prev is not None else None
-        train_loader = PatchDataLoader(pre_dir, self.train_ids, s.patch_size, init, s.batch_size,
-                                       oversample_fraction=s.foreground_oversample_fraction,
-                                       dims=cfg.dims, seed=s.seed + 1000 * self.state.epoch,
-                                       previous_stage_segs=prev)
-        tr = training_transforms(s.patch_size, cfg.dims, cfg.dummy_2d_augmentation, cfg.mirror_axes,
-                                 ds, rot, cascade_labels=cascade)
-        val_loader = PatchDataLoader(pre_dir, self.val_ids, s.patch_size, s.patch_size, s.batch_size,
-                                     oversample_fraction=s.foreground_oversample_fraction,
-                                     dims=cfg.dims, seed=s.seed + 7, previous_stage_segs=prev)
-        train_it = make_batch_iterator(train_loader, tr, s.num_workers, seed=s.seed + self.state.epoch)
-        val_it = make_batch_iterator(val_loader, validation_transforms(ds, cascade), 0, seed=s.seed)
-        return train_it, val_it
+        ds = self.ds_scales if self.config.network.deep_supervision else [[1.0] * self.config.dims]
+        return make_training_iterators(self.wd.preprocessed_dir(self.config.data_identifier), self.config,
+                                       self.settings, self.train_ids, self.val_ids, ds, self.state.epoch,
+                                       self.previous_stage_segs)
 
     def _to_device(self, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor] | torch.Tensor]:
         data = batch["data"].to(self.device, non_blocking=True).float()
@@ -314,11 +297,7 @@ class Trainer:
         return record
 
     def _resolve_precision(self, train_it) -> str:
-        """"auto": time a few real steps in fp32 and bf16 and keep the faster (weights restored after).
-
-        bf16 convolutions were measured 1.9-2.9x faster for 3D U-Nets but 0.94x for 2D ones on an
-        AVX512-BF16 CPU with torch 2.13 (docs/benchmarks/README.md), so the choice is measured, not assumed.
-        """
+        """"auto": the faster of fp32 and bf16 on this network, timed (see training/precision.py)."""
         p = self.settings.precision
         if p != "auto":
             return p
@@ -328,22 +307,14 @@ class Trainer:
 
         if not cpu_has_bf16():
             return "fp32"
-        import copy
-
-        model0 = copy.deepcopy(self.network.state_dict())
-        opt0 = copy.deepcopy(self.optimizer.state_dict())
         batch = next(train_it)
         scheduler, self.scheduler = self.scheduler, None  # probe steps are not part of the schedule
-        timings = {}
-        for cand in ("fp32", "bf16"):
-            self.state.precision = cand
-            self.train_step(batch)  # warm-up (oneDNN primitive creation)
-            t0 = time.perf_counter()
-            for _ in range(3):
-                self.train_step(batch)
-            timings[cand] = (time.perf_counter() - t0) / 3
-        self.network.load_state_dict(model0)
-        self.optimizer.load_state_dict(opt0)
+
+        def step(precision: str) -> None:
+            self.state.precision = precision
+            self.train_step(batch)
+
+        timings = time_precisions(self.network, self.optimizer, step)
         self.scheduler = scheduler
         best = min(timings, key=timings.get)
         self.state.precision_probe = {k: round(v, 4) for k, v in timings.items()}
@@ -390,7 +361,10 @@ class Trainer:
         st.seconds_per_iteration = spi
         per_tile = self._seconds_per_tile()
         val_s = per_tile * s.batch_size * s.validation_iterations_per_epoch * 1.5  # + loading the patches
-        final_val_s = self.estimate_final_validation_seconds(per_tile)
+        final_val_s = final_validation_seconds(self.wd.preprocessed_dir(self.config.data_identifier),
+                                               self.val_ids, s.patch_size, self.config.dims,
+                                               len(self.config.mirror_axes), per_tile,
+                                               self.config.network.num_classes)
         st.validation_epoch_s, st.final_validation_s = val_s, final_val_s
         remaining = s.time_budget_s - self.elapsed()
         available = BUDGET_SAFETY * (remaining + spi * st.iteration_in_epoch) - final_val_s
@@ -403,15 +377,6 @@ class Trainer:
         log.info("time budget %.0f s: %.3f s/iteration measured → %d iterations (%d epochs of up to %d; "
                  "final validation estimated at %.0f s)", s.time_budget_s, spi, st.total_iterations,
                  st.total_epochs, s.iterations_per_epoch, final_val_s)
-
-    def estimate_final_validation_seconds(self, seconds_per_tile: float) -> float:
-        """Tiles x mirrorings x measured forward time of one tile, plus export time per case."""
-        n_tiles = count_validation_tiles(self.wd.preprocessed_dir(self.config.data_identifier), self.val_ids,
-                                         self.settings.patch_size, self.config.dims)
-        mirrors = 2 ** len(self.config.mirror_axes)
-        pre = self.wd.preprocessed_dir(self.config.data_identifier)
-        return (n_tiles * mirrors * seconds_per_tile * 1.2
-                + export_seconds(pre, self.val_ids, self.config.network.num_classes))
 
     def _seconds_per_tile(self) -> float:
         return seconds_per_tile(self.network, self.config.network.in_channels, self.settings.patch_size,
