@@ -53,12 +53,3 @@ def crop_to_nonzero(data: np.ndarray, seg: np.ndarray | None = None
         seg_c = crop_to_bbox(seg, bbox).copy()
         seg_c[(seg_c == 0) & ~mask_c] = OUTSIDE_LABEL
     return data_c, seg_c, bbox, mask_c
-
-
-def paste_into_bbox(cropped: np.ndarray, bbox: list[list[int]], full_shape: tuple[int, ...],
-                    fill: float | int = 0) -> np.ndarray:
-    """Inverse of :func:`crop_to_bbox` for the last ``len(bbox)`` axes."""
-    lead = cropped.shape[: cropped.ndim - len(bbox)]
-    out = np.full(tuple(lead) + tuple(full_shape), fill, dtype=cropped.dtype)
-    out[(slice(None),) * len(lead) + tuple(slice(lo, hi) for lo, hi in bbox)] = cropped
-    return out

@@ -196,20 +196,22 @@ def restore_checkpoint(ckpt: dict[str, Any], *, model: torch.nn.Module,
     return dict(ckpt.get("state") or {})
 
 
-def find_resume_checkpoint(fold_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint to resume from: ``checkpoint_final.pt``, else ``checkpoint_latest.pt``.
-
-    Only files that load are returned; a broken one is skipped with a warning saying why. None when
-    there is nothing to resume.
-    """
+def load_resume_checkpoint(fold_dir: str | os.PathLike, map_location: Any = "cpu") -> tuple[Path, dict] | None:
+    """(path, contents) of the checkpoint to resume from: ``checkpoint_final.pt``, else
+    ``checkpoint_latest.pt``. Only files that load count; a broken one is skipped with a warning saying
+    why. None when there is nothing to resume. Each file is read once."""
     for which in RESUME_ORDER:
         p = checkpoint_path(fold_dir, which)
         if not p.is_file():
             continue
         try:
-            load_checkpoint(p)
+            return p, load_checkpoint(p, map_location=map_location)
         except AutosegError as e:
             logger.warning("not resuming from %s: %s", p, e)
-            continue
-        return p
     return None
+
+
+def find_resume_checkpoint(fold_dir: str | os.PathLike) -> Path | None:
+    """The path :func:`load_resume_checkpoint` would resume from, or None."""
+    found = load_resume_checkpoint(fold_dir)
+    return None if found is None else found[0]

@@ -23,7 +23,7 @@ from .augmentation import deep_supervision_scales
 from .batch_iterator import make_training_iterators
 from .budget import (final_validation_seconds, seconds_per_tile,
                      shortened_total_iterations, total_iterations_for_budget)
-from .checkpoint import find_resume_checkpoint, load_checkpoint, restore_rng_states, save_checkpoint
+from .checkpoint import load_resume_checkpoint, restore_rng_states, save_checkpoint
 from .losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, hard_dice_counts
 from .network import build_network
 from .precision import time_precisions
@@ -176,10 +176,10 @@ class Trainer:
             self._last_checkpoint_time = time.monotonic()
 
     def _resume(self) -> bool:
-        path = find_resume_checkpoint(self.fold_dir)
-        if path is None:
+        found = load_resume_checkpoint(self.fold_dir, map_location=self.device)
+        if found is None:
             return False
-        ckpt = load_checkpoint(path, map_location=self.device)
+        path, ckpt = found
         self.network.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = TrainState(**ckpt["state"])
