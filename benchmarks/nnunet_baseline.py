@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -163,54 +164,85 @@ def label_names(dataset: Path) -> dict[str, str]:
     return {str(v): k for k, v in labels.items() if isinstance(v, int) and v != 0}
 
 
-def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
-    """The whole baseline (see module doc); returns the result also written to ``--out/result.json``."""
-    budget_s = parse_duration(args.budget)
-    dataset = check_dataset(args.dataset)
-    ds_id, ds_name = dataset_id_and_name(dataset)
-    configuration = resolve_configuration(args.configuration, dataset)
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    splits = None
-    if args.splits:
-        if not Path(args.splits).is_file():
-            raise BenchError(f"--splits {args.splits} not found")
-        splits = to_nnunet_splits(read_json(args.splits), where=args.splits)
-        check_splits(splits, args.fold, dataset_case_ids(dataset), where=args.splits)
+@dataclass
+class NnunetContext:
+    """Everything nnU-Net's commands need, prepared once per dataset (see :func:`prepare`)."""
 
-    venv = Path(args.venv)
+    dataset: Path
+    ds_id: int
+    ds_name: str
+    configuration: str
+    out: Path
+    venv: Path
+    versions: dict[str, str]
+    env: dict[str, str]
+    n_proc: int
+    budget: str
+    budget_s: float
+    splits_file: str | None = None
+
+    @property
+    def bin(self) -> Path:
+        return self.venv / "bin"
+
+    def results_dir(self) -> Path:
+        return self.out / "nnUNet_results" / self.ds_name / f"{TRAINER_CLASS}__{PLANS_NAME}__{self.configuration}"
+
+
+def prepare(dataset: str | Path, configuration: str, out: str | Path, *, budget: str, venv: str | Path,
+            iterations_per_epoch: int = 25, num_processes: int = 2) -> NnunetContext:
+    """Virtual environment (created if missing), the wall-clock trainer installed, nnUNet_raw linked."""
+    budget_s = parse_duration(budget)
+    dataset = check_dataset(dataset)
+    ds_id, ds_name = dataset_id_and_name(dataset)
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    venv = Path(venv)
     ensure_venv(venv)
     versions = venv_versions(venv)
     install_trainer(versions["package_dir"])
     link_raw_dataset(dataset, out, ds_name)
-    n_proc = max(1, int(args.num_processes))
-    env = nnunet_env(out, budget_s, args.iterations_per_epoch, n_proc)
-    bin_ = venv / "bin"
+    n_proc = max(1, int(num_processes))
+    return NnunetContext(dataset=dataset, ds_id=ds_id, ds_name=ds_name,
+                         configuration=resolve_configuration(configuration, dataset), out=out, venv=venv,
+                         versions={k: v for k, v in versions.items() if k != "package_dir"},
+                         env=nnunet_env(out, budget_s, iterations_per_epoch, n_proc), n_proc=n_proc,
+                         budget=budget, budget_s=budget_s)
 
-    print(f"[nnU-Net] plan and preprocess {ds_name} ({configuration})", flush=True)
-    plan_cmd = [str(bin_ / "nnUNetv2_plan_and_preprocess"), "-d", str(ds_id), "-c", configuration,
-                "-np", str(n_proc), "-npfp", str(n_proc), "--clean"]  # --clean: redo the fingerprint too
-    plan = run_monitored(plan_cmd, out / "logs" / "plan_and_preprocess.log", env=env, label="nnU-Net plan")
+
+def plan_and_preprocess(ctx: NnunetContext, splits: list[dict[str, list[str]]] | None,
+                        splits_file: str | None = None) -> dict[str, Any]:
+    """``nnUNetv2_plan_and_preprocess`` (timed, peak memory), then the given splits as splits_final.json."""
+    print(f"[nnU-Net] plan and preprocess {ctx.ds_name} ({ctx.configuration})", flush=True)
+    plan_cmd = [str(ctx.bin / "nnUNetv2_plan_and_preprocess"), "-d", str(ctx.ds_id), "-c", ctx.configuration,
+                "-np", str(ctx.n_proc), "-npfp", str(ctx.n_proc), "--clean"]  # --clean: redo the fingerprint
+    plan = run_monitored(plan_cmd, ctx.out / "logs" / "plan_and_preprocess.log", env=ctx.env, label="nnU-Net plan")
     require_success(plan, "nnUNetv2_plan_and_preprocess")
     print(f"[nnU-Net] planned and preprocessed in {plan.seconds:.0f} s, peak {plan.peak_rss_mb:.0f} MB", flush=True)
-    pre = out / "nnUNet_preprocessed" / ds_name
+    pre = ctx.out / "nnUNet_preprocessed" / ctx.ds_name
     plans = read_json(pre / f"{PLANS_NAME}.json")
-    plan_info = nnunet_plan_summary(plans, configuration)
     if splits is not None:
         write_json(pre / "splits_final.json", splits)
     elif (pre / "splits_final.json").exists():
         (pre / "splits_final.json").unlink()  # a stale file from an earlier run: let nnU-Net make its own
+    ctx.splits_file = str(Path(splits_file).resolve()) if splits_file else None
+    return {"plan_seconds": plan.seconds, "plan_peak_rss_mb": plan.peak_rss_mb,
+            "plan_peak_pss_mb": plan.peak_pss_mb, "plan": nnunet_plan_summary(plans, ctx.configuration),
+            "command": " ".join(plan_cmd), "log": plan.log}
 
-    fold_dir = (out / "nnUNet_results" / ds_name / f"{TRAINER_CLASS}__{PLANS_NAME}__{configuration}"
-                / f"fold_{args.fold}")
+
+def train_fold(ctx: NnunetContext, fold: int, plan_info: dict[str, Any]) -> dict[str, Any]:
+    """``nnUNetv2_train`` of one fold with the wall-clock trainer (timed, peak memory); its result."""
+    fold_dir = ctx.results_dir() / f"fold_{fold}"
     if fold_dir.exists():  # a fresh measurement: never read an earlier run's summary
         shutil.rmtree(fold_dir)
-    train_cmd = [str(bin_ / "nnUNetv2_train"), str(ds_id), configuration, str(args.fold),
+    train_cmd = [str(ctx.bin / "nnUNetv2_train"), str(ctx.ds_id), ctx.configuration, str(fold),
                  "-tr", TRAINER_CLASS, "-device", "cpu"]
-    print(f"[nnU-Net] train {configuration} fold {args.fold} for {budget_s:.0f} s "
-          f"(patch {plan_info['patch_size']}, batch {plan_info['batch_size']})", flush=True)
-    env["AUTOSEG_BENCH_T0"] = repr(time.time())
-    train = run_monitored(train_cmd, out / "logs" / "train.log", env=env, label="nnU-Net train")
+    print(f"[nnU-Net] train {ctx.configuration} fold {fold} for {ctx.budget_s:.0f} s "
+          f"(patch {plan_info['plan']['patch_size']}, batch {plan_info['plan']['batch_size']})", flush=True)
+    env = dict(ctx.env, AUTOSEG_BENCH_T0=repr(time.time()))
+    train = run_monitored(train_cmd, ctx.out / "logs" / f"train_{ctx.configuration}_fold{fold}.log", env=env,
+                          label="nnU-Net train")
     require_success(train, "nnUNetv2_train")
     summary_path = fold_dir / "validation" / "summary.json"
     if not summary_path.exists():
@@ -220,13 +252,13 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
     timing_path = fold_dir / "wallclock_timing.json"
     timing = read_json(timing_path) if timing_path.exists() else {}
     per_class, mean = dice_from_summary(summary)
-    names = label_names(dataset)
+    names = label_names(ctx.dataset)
     result = {
-        "tool": "nnU-Net v2", "versions": {k: v for k, v in versions.items() if k != "package_dir"},
-        "dataset": ds_name, "dataset_path": str(dataset), "configuration": configuration, "fold": args.fold,
-        "budget": args.budget, "budget_s": budget_s,
-        "splits_file": str(Path(args.splits).resolve()) if args.splits else None,
-        "plan_seconds": plan.seconds, "plan_peak_rss_mb": plan.peak_rss_mb, "plan_peak_pss_mb": plan.peak_pss_mb,
+        "tool": "nnU-Net v2", "versions": ctx.versions, "dataset": ctx.ds_name, "dataset_path": str(ctx.dataset),
+        "configuration": ctx.configuration, "fold": fold, "budget": ctx.budget, "budget_s": ctx.budget_s,
+        "splits_file": ctx.splits_file,
+        "plan_seconds": plan_info["plan_seconds"], "plan_peak_rss_mb": plan_info["plan_peak_rss_mb"],
+        "plan_peak_pss_mb": plan_info["plan_peak_pss_mb"],
         "train_seconds": train.seconds, "train_peak_rss_mb": train.peak_rss_mb,
         "train_peak_pss_mb": train.peak_pss_mb,
         "iterations_done": timing.get("iterations_done"), "epochs_done": len(timing.get("epochs", [])),
@@ -239,18 +271,36 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
         "validation_seconds_estimated": timing.get("estimated_final_validation_s"),
         "validation_cases": len(summary.get("metric_per_case", [])),
         "dice_per_class": per_class, "dice_mean": mean, "label_names": names,
-        "plan": plan_info,
-        "environment": {k: env[k] for k in ("nnUNet_def_n_proc", "AUTOSEG_BENCH_ITERS_PER_EPOCH")
-                        if k in env} | {"nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "nnU-Net default")},
-        "commands": [" ".join(plan_cmd), " ".join(train_cmd)],
-        "logs": {"plan_and_preprocess": plan.log, "train": train.log},
+        "plan": plan_info["plan"],
+        "environment": {k: ctx.env[k] for k in ("nnUNet_def_n_proc", "AUTOSEG_BENCH_ITERS_PER_EPOCH")
+                        if k in ctx.env} | {"nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "nnU-Net default")},
+        "commands": [plan_info["command"], " ".join(train_cmd)],
+        "logs": {"plan_and_preprocess": plan_info["log"], "train": train.log},
         "files": {"summary": str(summary_path), "timing": str(timing_path)},
         "machine": machine_info(),
     }
-    write_json(out / "result.json", result)
     print(f"[nnU-Net] done: Dice {format_dice(per_class, names)} (mean {_f(mean)}), "
           f"{result['iterations_done']} iterations at {_f(result['seconds_per_iteration'])} s, "
-          f"training {train.seconds:.0f} s, peak {train.peak_rss_mb:.0f} MB → {out / 'result.json'}", flush=True)
+          f"training {train.seconds:.0f} s, peak {train.peak_rss_mb:.0f} MB", flush=True)
+    return result
+
+
+def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole baseline (see module doc); returns the result also written to ``--out/result.json``."""
+    parse_duration(args.budget)
+    dataset = check_dataset(args.dataset)
+    splits = None
+    if args.splits:
+        if not Path(args.splits).is_file():
+            raise BenchError(f"--splits {args.splits} not found")
+        splits = to_nnunet_splits(read_json(args.splits), where=args.splits)
+        check_splits(splits, args.fold, dataset_case_ids(dataset), where=args.splits)
+    ctx = prepare(dataset, args.configuration, args.out, budget=args.budget, venv=args.venv,
+                  iterations_per_epoch=args.iterations_per_epoch, num_processes=args.num_processes)
+    plan_info = plan_and_preprocess(ctx, splits, args.splits)
+    result = train_fold(ctx, args.fold, plan_info)
+    write_json(ctx.out / "result.json", result)
+    print(f"[nnU-Net] result → {ctx.out / 'result.json'}", flush=True)
     return result
 
 
