@@ -507,6 +507,7 @@ def run(args: argparse.Namespace) -> int:
               "machine": machine_info(), "versions": versions, "tables": build_report(r),
               "autoseg_candidates": (r.get("autoseg_select") or {}).get("candidates"),
               "published": published_for(dataset.name), "errors": errors, "notes": args.note,
+              "predict_source": r.get("predict_source"),
               "commands": [c.removeprefix("$ ") for c in commands if c], "results": r}
     write_json(out / "report.json", report)
     (out / "report.md").write_text(format_markdown(report), encoding="utf-8")
