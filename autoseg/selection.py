@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import read_json
-from .errors import AutosegError
+from .errors import AutosegError, StaleArtifactError
 from .schemas import SCHEMA_VERSION, Candidate, Selection, Splits, load_json, save_json
 from .workdir import Workdir
 
@@ -99,6 +99,37 @@ def _current_selection(wd: Workdir, phash: str, folds: list[int], complete: list
         return None
     log.info("%s is current: keeping it (use overwrite to select again)", path)
     return old
+
+
+def read_selection(workdir: str | Path, current_plans_hash: str, *, optional: bool = False) -> Selection | None:
+    """``results/selection.json`` for prediction, made for the plans whose hash is ``current_plans_hash``.
+
+    Missing, unreadable or made for other plans: AutosegError / StaleArtifactError naming the
+    command to run, or (``optional``, when the configurations were named) a warning and None.
+    """
+    wd = Workdir(workdir)
+    path = wd.selection_json
+    if not path.exists():
+        if optional:
+            return None
+        raise AutosegError(f"{path} does not exist, so the best configuration is not known yet; run "
+                           f"`autoseg find-best --workdir {wd.root}` first, or name the "
+                           f"configurations to use (-c 3d_fullres)")
+    try:
+        selection = load_json(Selection, path)
+    except AutosegError as e:
+        if not optional:
+            raise
+        log.warning("%s cannot be read (%s); its postprocessing is not used", path, e)
+        return None
+    if selection.plans_hash and selection.plans_hash != current_plans_hash:
+        if optional:
+            log.warning("%s was made for other plans; its postprocessing is not used", path)
+            return None
+        raise StaleArtifactError(f"{path} was made for other plans (plans hash {selection.plans_hash}, "
+                                 f"plans.json now has {current_plans_hash}); rerun `autoseg find-best "
+                                 f"--workdir {wd.root} --overwrite`")
+    return selection
 
 
 # --------------------------------------------------------------------------- scoring

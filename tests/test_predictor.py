@@ -14,7 +14,8 @@ from autoseg.cli import main
 from autoseg.data.image_io import read_image, read_image_info, read_label, write_image
 from autoseg.errors import AutosegError, StaleArtifactError
 from autoseg.inference.export import load_probabilities
-from autoseg.inference.predictor import Predictor, _MemberStore, _resolve_precision
+from autoseg.inference.predictor import Predictor, _resolve_precision
+from autoseg.inference.uncertainty import MemberStore
 from autoseg.pipeline import load_plans, plans_hash
 from autoseg.schemas import SCHEMA_VERSION, Geometry, PostprocessingStep, Selection, save_json
 from autoseg.workdir import Workdir
@@ -234,7 +235,7 @@ def test_precision_resolution():
 
 
 def test_member_disagreement_known_answer():
-    store = _MemberStore(2, (2, 1, 2, 2))
+    store = MemberStore(2, (2, 1, 2, 2))
     try:
         a = np.zeros((2, 1, 2, 2), np.float32)
         a[0] = 1.0
@@ -272,3 +273,4 @@ def test_selection_postprocessing_is_applied(run):
     np.testing.assert_array_equal(seg, postprocess.apply_postprocessing(raw, steps))
     assert ndimage.label(seg > 0, structure=np.ones((3, 3, 3)))[1] <= 1  # full connectivity
     assert ndimage.label(raw > 0, structure=np.ones((3, 3, 3)))[1] > 1  # so the step did something
+

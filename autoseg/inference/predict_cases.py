@@ -23,7 +23,8 @@ from .. import __version__
 from ..atomic import atomic_write_json
 from ..errors import AutosegError
 from ..schemas import CaseFiles, to_dict
-from .predictor import Predictor, probabilities_path, uncertainty_path
+from .case_io import probabilities_path, uncertainty_path
+from .predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,7 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
         "workdir": str(Path(workdir).resolve()),
         "inputs": str(Path(inputs).resolve()) if isinstance(inputs, (str, Path)) else [str(p) for p in inputs],
         "configurations": list(predictor.configurations),
+        "previous_stages": dict(predictor.previous_stages),
         "selection_winner": predictor.selection_winner,
         "folds": list(predictor.folds),
         "checkpoint": predictor.checkpoint,
