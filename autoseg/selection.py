@@ -226,7 +226,7 @@ def find_best(workdir: str | Path, *, configurations: list[str] | None = None, f
     """
     from .inference.ensemble import iter_cv_ensemble_segmentations
     from .inference.postprocess import determine_postprocessing, foreground_mean
-    from .pipeline import load_manifest, load_plans, plans_hash
+    from .pipeline import load_manifest, load_plans, plans_hash, refuse_stale_folds, stale_folds
 
     wd = Workdir(workdir)
     plans = load_plans(wd.root)
@@ -263,6 +263,11 @@ def find_best(workdir: str | Path, *, configurations: list[str] | None = None, f
                            f"{wd.results_root}; expected validation/summary.json and every held-out "
                            f"case's prediction per fold. Run:\n  " + "\n  ".join(commands))
 
+    used = [(c, f) for c in complete for f in folds]
+    stale = {c for c, *_ in stale_folds(wd, plans, used)}
+    others = " ".join(c for c in complete if c not in stale)
+    refuse_stale_folds(wd, plans, used, purpose="by find-best", alternative=(
+        f"or leave them out: `autoseg find-best --workdir {wd.root} -c {others}`" if others else ""))
     phash = plans_hash(plans)
     if not overwrite:
         old = _current_selection(wd, phash, folds, complete)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -274,3 +275,22 @@ def test_selection_postprocessing_is_applied(run):
     assert ndimage.label(seg > 0, structure=np.ones((3, 3, 3)))[1] <= 1  # full connectivity
     assert ndimage.label(raw > 0, structure=np.ones((3, 3, 3)))[1] > 1  # so the step did something
 
+
+def test_folds_trained_with_other_plans_are_refused(run, tmp_path):
+    wd, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(wd, copy, ignore=shutil.ignore_patterns("preprocessed"))
+    plans = load_plans(copy)
+    full = plans.configuration("3d_fullres")
+    # re-planned: another batch size does not change the weights' shapes, so the checkpoints would load
+    save_json(replace(plans, configurations={**plans.configurations, "3d_fullres": replace(full, batch_size=5)}),
+              Workdir(copy).plans_json)
+    with pytest.raises(StaleArtifactError) as e:
+        Predictor(copy, configurations=["3d_fullres"], folds=[0, 1], device="cpu")
+    msg = str(e.value)
+    for fold in (0, 1):
+        assert f"3d_fullres fold {fold}: {Workdir(copy).train_settings_json('3d_fullres', fold)}" in msg
+        assert f"rm -r {Workdir(copy).fold_dir('3d_fullres', fold)} && autoseg train --workdir {copy} " \
+               f"-c 3d_fullres --fold {fold}" in msg
+    assert "2d fold" not in msg
+    assert Predictor(copy, configurations=["2d"], folds=[0], device="cpu").folds == [0]  # its plan is unchanged

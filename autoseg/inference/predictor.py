@@ -123,7 +123,8 @@ class Predictor:
         postprocessing: apply the selection's postprocessing when the selection's winner is used.
 
     Missing checkpoints stop the constructor with AutosegError naming the ``autoseg train``
-    commands.
+    commands; folds whose ``train_settings.json`` records another plan than plans.json now holds
+    (re-planned since) with :class:`~autoseg.errors.StaleArtifactError`.
     """
 
     def __init__(self, workdir: str | Path, *, configurations: Sequence[str] | None = None,
@@ -186,6 +187,7 @@ class Predictor:
             raise AutosegError("no fold to predict with; pass e.g. --folds 0 1 2 3 4")
         self.folds: list[int | str] = [int(f) if f.isdigit() else f for f in dict.fromkeys(fold_list)]
         self._check_checkpoints()
+        self._check_current()
         self.networks: dict[str, list[torch.nn.Module]] = {}
         self.precisions: dict[str, str] = {}
         for cfg in stage_plans:
@@ -220,6 +222,13 @@ class Predictor:
                            f"networks needed are missing (checkpoint_{self.checkpoint}.pt of "
                            f"{', '.join(self._describe(c, f) for c, f in missing)}); run:\n{cmds}\n"
                            f"or predict with the folds that exist (--folds ...)")
+
+    def _check_current(self) -> None:
+        from ..pipeline import refuse_stale_folds
+
+        refuse_stale_folds(self.workdir, self.plans, [(c, f) for c in self.stages for f in self.folds],
+                           purpose="to predict", alternative="or predict with other folds (--folds) or "
+                                                             "configurations (-c)")
 
     def _load(self, cfg: ConfigurationPlan, precision: str) -> None:
         from ..training.checkpoint import load_checkpoint
