@@ -174,7 +174,7 @@ def _cmd_find_best(args: argparse.Namespace) -> int:
     from .selection import find_best, format_ranking
 
     selection = find_best(args.workdir, configurations=args.configurations, folds=args.folds,
-                          progress=not args.no_progress, overwrite=args.overwrite)
+                          progress=not args.no_progress, overwrite=args.overwrite, num_workers=args.num_workers)
     print(format_ranking(selection))
     return 0
 
@@ -210,13 +210,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         from .selection import find_best, format_ranking
 
         log.info("no selection yet: running find-best first")
-        print(format_ranking(find_best(args.workdir, progress=not args.no_progress)))
+        print(format_ranking(find_best(args.workdir, progress=not args.no_progress,
+                                       num_workers=args.num_workers)))
     folds = None if args.folds is None else [f if f == "all" else int(f) for f in args.folds]
     inputs = args.input[0] if len(args.input) == 1 else args.input
     info = predict_cases(args.workdir, inputs, args.output, configurations=args.configurations, folds=folds,
-                         fast=args.fast, save_probabilities=args.save_probabilities,
-                         save_uncertainty=args.save_uncertainty, device=args.device,
-                         progress=not args.no_progress)
+                         fast=args.fast,
+                         save_probabilities=args.save_probabilities, save_uncertainty=args.save_uncertainty,
+                         device=args.device, progress=not args.no_progress, num_workers=args.num_workers)
     n = len(info.get("seconds_per_case", {}))
     print(f"predicted {n} case(s) into {args.output} with {', '.join(info.get('configurations', []))} "
           f"(folds {info.get('folds')}); details in {args.output}/prediction_info.json")

@@ -14,6 +14,7 @@ from autoseg.data.image_io import write_segmentation
 from autoseg.errors import AutosegError, StaleArtifactError
 from autoseg.inference.ensemble import average_probabilities, segmentations_of_ensembles
 from autoseg.inference.export import probabilities_to_segmentation, save_probabilities
+from autoseg.parallel import fork_map
 from autoseg.pipeline import plans_hash, resolve_training_settings
 from autoseg.planning.registry import get_planner
 from autoseg.schemas import (Candidate, CaseFiles, CaseFingerprint, DatasetManifest, Fingerprint, Fold,
@@ -140,6 +141,9 @@ def test_incomplete_configuration_is_skipped_and_winner_gets_postprocessing(run,
     assert sel.foreground_dice_after_postprocessing > sel.foreground_dice_before_postprocessing
     assert "label 1 Dice" in sel.postprocessing[0].reason
     assert "largest_component label(s) 1" in format_ranking(sel)
+    # scored and postprocessing learned in 2 forked processes: the same selection
+    parallel = find_best(run.root, progress=False, overwrite=True, num_workers=2)
+    assert to_dict(parallel) == to_dict(sel)
 
 
 def test_no_complete_configuration_lists_the_train_commands(run):
@@ -225,3 +229,17 @@ def test_folds_trained_with_other_plans_are_refused(run):
     assert not run.selection_json.exists()
     assert find_best(run.root, configurations=["2d"], progress=False).winner == "2d"
 
+
+def test_fork_map_keeps_order_and_raises():
+    offset = 10  # a closure: handed to the workers by fork, not pickled
+    assert fork_map(lambda x: x + offset, range(7), 3) == list(range(10, 17))
+    seen = []
+    assert fork_map(lambda x: x * 2, [1, 2], 1, on_result=lambda: seen.append(1)) == [2, 4] and seen == [1, 1]
+
+    def boom(x):
+        if x == 3:
+            raise AutosegError("case 3 is broken")
+        return x
+
+    with pytest.raises(AutosegError, match="case 3 is broken"):
+        fork_map(boom, range(5), 2)

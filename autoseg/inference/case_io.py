@@ -106,8 +106,10 @@ def write_case_outputs(case_id: str, out_path: str | Path, geometry: Geometry, s
                        probabilities: np.ndarray | None = None,
                        uncertainty: np.ndarray | None = None) -> dict[str, Any]:
     """Write probabilities (float16 ``.npz``) and uncertainty when given, then the segmentation, each
-    atomically and with ``geometry``. Returns ``{"case_id", "shape_zyx", "output", "probabilities",
-    "uncertainty"}`` (paths as strings or None)."""
+    atomically and with ``geometry``. A probabilities or uncertainty file of this case that is not
+    written now (left by an earlier run) is removed: it would not belong to this segmentation.
+    Returns ``{"case_id", "shape_zyx", "output", "probabilities", "uncertainty"}`` (paths as
+    strings or None)."""
     from ..data.image_io import write_image, write_segmentation
 
     out_path = Path(out_path)
@@ -117,8 +119,12 @@ def write_case_outputs(case_id: str, out_path: str | Path, geometry: Geometry, s
     if probabilities is not None:
         _save_probabilities_npz(probabilities, npz, case_id=case_id)
         info["probabilities"] = str(npz)
+    else:
+        npz.unlink(missing_ok=True)
     if uncertainty is not None:
         write_image(uncertainty[None], geometry, unc)
         info["uncertainty"] = str(unc)
+    else:
+        unc.unlink(missing_ok=True)
     write_segmentation(segmentation, geometry, out_path)
     return info
