@@ -198,3 +198,18 @@ def test_workers_overlap_io_with_identical_outputs(two_channel, tmp_path):
         for name, arr in outputs[1].items():
             np.testing.assert_array_equal(outputs[workers][name], arr, err_msg=f"{name} with {workers} workers")
 
+
+def test_cli_mirroring_and_step_size(two_channel, tmp_path, capsys):
+    wd, ds = two_channel
+    out = tmp_path / "preds"
+    base = ["predict", "--workdir", str(wd), "-i", str(ds / "imagesTs"), "-o", str(out), "-c", "3d_fullres",
+            "--folds", "0", "--no-progress", "--device", "cpu"]
+    for bad in ("0", "1.5", "-0.2", "nan", "half"):
+        with pytest.raises(SystemExit) as e:
+            main([*base, "--step-size", bad])
+        assert e.value.code == 2 and "0 < F <= 1" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*base, "--no-mirroring", "--step-size", "0.8", "--num-workers", "1"]) == 0
+    info = json.loads((out / PREDICTION_INFO_JSON).read_text())
+    assert info["mirroring"] is False and info["step_size"] == 0.8 and info["fast"] is False
+    assert info["folds"] == [0] and info["num_workers"] == 1
