@@ -174,7 +174,7 @@ def _cmd_find_best(args: argparse.Namespace) -> int:
     from .selection import find_best, format_ranking
 
     selection = find_best(args.workdir, configurations=args.configurations, folds=args.folds,
-                          progress=not args.no_progress, overwrite=args.overwrite)
+                          progress=not args.no_progress, overwrite=args.overwrite, num_workers=args.num_workers)
     print(format_ranking(selection))
     return 0
 
@@ -194,12 +194,29 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", nargs="+", default=None, help="folds to use (default: the selection's, or all)")
     p.add_argument("--fast", action="store_true",
                    help="no mirroring, tile step 0.75 and only the first fold unless --folds is given")
+    p.add_argument("--no-mirroring", action="store_true",
+                   help="no mirror test-time augmentation (1 network pass per tile instead of up to 8); "
+                        "everything else as without it")
+    p.add_argument("--step-size", type=_step_size, default=None, metavar="F",
+                   help="sliding-window step as a fraction of the patch, 0 < F <= 1 (default 0.5, "
+                        "0.75 with --fast); larger is faster, with fewer overlapping tiles")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz probabilities")
     p.add_argument("--save-uncertainty", action="store_true",
                    help="also write a per-voxel map of disagreement between the ensemble members")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
     _common(p)
     p.set_defaults(func=_cmd_predict)
+
+
+def _step_size(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"'{text}' is not a step size; expected a fraction of the patch "
+                                         f"with 0 < F <= 1, e.g. 0.5 (the default) or 0.75 (faster)")
+    return value
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -210,13 +227,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         from .selection import find_best, format_ranking
 
         log.info("no selection yet: running find-best first")
-        print(format_ranking(find_best(args.workdir, progress=not args.no_progress)))
+        print(format_ranking(find_best(args.workdir, progress=not args.no_progress,
+                                       num_workers=args.num_workers)))
     folds = None if args.folds is None else [f if f == "all" else int(f) for f in args.folds]
     inputs = args.input[0] if len(args.input) == 1 else args.input
     info = predict_cases(args.workdir, inputs, args.output, configurations=args.configurations, folds=folds,
-                         fast=args.fast, save_probabilities=args.save_probabilities,
-                         save_uncertainty=args.save_uncertainty, device=args.device,
-                         progress=not args.no_progress)
+                         fast=args.fast, step_size=args.step_size, mirror=False if args.no_mirroring else None,
+                         save_probabilities=args.save_probabilities, save_uncertainty=args.save_uncertainty,
+                         device=args.device, progress=not args.no_progress, num_workers=args.num_workers)
     n = len(info.get("seconds_per_case", {}))
     print(f"predicted {n} case(s) into {args.output} with {', '.join(info.get('configurations', []))} "
           f"(folds {info.get('folds')}); details in {args.output}/prediction_info.json")

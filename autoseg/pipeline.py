@@ -296,6 +296,48 @@ def _refuse_stale_fold(wd: Workdir, config: ConfigurationPlan, fold: str, settin
             f"another --workdir.")
 
 
+def stale_folds(wd: Workdir, plans: Plans,
+                folds: list[tuple[str, int | str]]) -> list[tuple[str, int | str, Path, str, str]]:
+    """The (configuration, fold) pairs of ``folds`` trained with another plan than plans.json now holds,
+    as ``(configuration, fold, train_settings.json, recorded hash, current hash)``.
+
+    A fold is stale when its ``train_settings.json`` records a ``plans_hash`` and that differs from
+    the hash of the configuration's current entry in plans.json (it was re-planned since): its
+    networks and validation belong to other plans. Folds without a settings file or a recorded
+    hash are not judged.
+    """
+    from .schemas import TrainingSettings
+
+    stale = []
+    for configuration, fold in folds:
+        path = wd.train_settings_json(configuration, fold)
+        if not path.exists():
+            continue
+        recorded = load_json(TrainingSettings, path).plans_hash
+        current = stable_hash(plans.configuration(configuration))
+        if recorded and recorded != current:
+            stale.append((configuration, fold, path, recorded, current))
+    return stale
+
+
+def refuse_stale_folds(wd: Workdir, plans: Plans, folds: list[tuple[str, int | str]], *, purpose: str,
+                       alternative: str = "") -> None:
+    """StaleArtifactError naming every fold of :func:`stale_folds` and the commands that retrain it
+    (``purpose``: what the folds are needed for; ``alternative``: another way out, a last line)."""
+    stale = stale_folds(wd, plans, folds)
+    if not stale:
+        return
+    what = "\n".join(f"  - {c} fold {f}: {p} records plans hash {r}, the {c} entry of plans.json now has {cur}"
+                     for c, f, p, r, cur in stale)
+    cmds = "\n".join(f"  rm -r {wd.fold_dir(c, f)} && autoseg train --workdir {wd.root} -c {c} --fold {f}"
+                     for c, f, *_ in stale)
+    raise StaleArtifactError(f"{len(stale)} trained fold(s) needed {purpose} were trained with other plans than "
+                             f"{wd.plans_json} holds now (it was re-planned since), so their networks and "
+                             f"validation do not belong to the current plans:\n{what}\nretrain each (delete "
+                             f"the fold folder, then train it again):\n{cmds}"
+                             + (f"\n{alternative}" if alternative else ""))
+
+
 def _require_previous_stage(wd: Workdir, plans: Plans, config: ConfigurationPlan, splits: Splits,
                             case_ids: list[str]) -> dict[str, Path]:
     """case id -> the previous stage's ``<case>_seg.npy`` from the fold that held the case out.

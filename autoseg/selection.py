@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import read_json
-from .errors import AutosegError
+from .errors import AutosegError, StaleArtifactError
 from .schemas import SCHEMA_VERSION, Candidate, Selection, Splits, load_json, save_json
 from .workdir import Workdir
 
@@ -101,6 +101,37 @@ def _current_selection(wd: Workdir, phash: str, folds: list[int], complete: list
     return old
 
 
+def read_selection(workdir: str | Path, current_plans_hash: str, *, optional: bool = False) -> Selection | None:
+    """``results/selection.json`` for prediction, made for the plans whose hash is ``current_plans_hash``.
+
+    Missing, unreadable or made for other plans: AutosegError / StaleArtifactError naming the
+    command to run, or (``optional``, when the configurations were named) a warning and None.
+    """
+    wd = Workdir(workdir)
+    path = wd.selection_json
+    if not path.exists():
+        if optional:
+            return None
+        raise AutosegError(f"{path} does not exist, so the best configuration is not known yet; run "
+                           f"`autoseg find-best --workdir {wd.root}` first, or name the "
+                           f"configurations to use (-c 3d_fullres)")
+    try:
+        selection = load_json(Selection, path)
+    except AutosegError as e:
+        if not optional:
+            raise
+        log.warning("%s cannot be read (%s); its postprocessing is not used", path, e)
+        return None
+    if selection.plans_hash and selection.plans_hash != current_plans_hash:
+        if optional:
+            log.warning("%s was made for other plans; its postprocessing is not used", path)
+            return None
+        raise StaleArtifactError(f"{path} was made for other plans (plans hash {selection.plans_hash}, "
+                                 f"plans.json now has {current_plans_hash}); rerun `autoseg find-best "
+                                 f"--workdir {wd.root} --overwrite`")
+    return selection
+
+
 # --------------------------------------------------------------------------- scoring
 
 class _CVCases(Mapping):
@@ -137,23 +168,25 @@ def _read_prediction(path: Path, shape: tuple[int, ...], case_id: str) -> np.nda
 
 def _score_candidates(wd: Workdir, singles: list[str], ensembles: list[tuple[str, ...]],
                       fold_of_case: dict[str, int], references: dict[str, str], file_ending: str,
-                      fg: list[int], progress: bool) -> dict[tuple[str, ...], dict[str, Any]]:
-    """Per candidate (tuple of configurations) the :func:`evaluation.summarize` of the merged CV."""
+                      fg: list[int], progress: bool, num_workers: int = 1) -> dict[tuple[str, ...], dict[str, Any]]:
+    """Per candidate (tuple of configurations) the :func:`evaluation.summarize` of the merged CV;
+    the cases are scored in ``num_workers`` forked processes when that is > 1."""
     from tqdm import tqdm
 
     from .data.image_io import read_label
     from .evaluation import evaluate_case, summarize
     from .inference.ensemble import segmentations_of_ensembles
+    from .parallel import fork_map
 
     members = sorted({c for e in ensembles for c in e})
-    per_case: dict[tuple[str, ...], dict[str, Any]] = {(c,): {} for c in singles}
-    per_case.update({e: {} for e in ensembles})
-    for cid in tqdm(list(fold_of_case), desc="scoring candidates", unit="case", disable=not progress):
+
+    def score(cid: str) -> dict[tuple[str, ...], Any]:
         fold = fold_of_case[cid]
         ref, geom = read_label(references[cid])
+        out: dict[tuple[str, ...], Any] = {}
         for c in singles:
             seg = _read_prediction(wd.validation_dir(c, fold) / f"{cid}{file_ending}", ref.shape, cid)
-            per_case[(c,)][cid] = evaluate_case(seg, ref, fg, geom.spacing_zyx)
+            out[(c,)] = evaluate_case(seg, ref, fg, geom.spacing_zyx)
         if ensembles:
             paths = {c: wd.validation_probabilities(c, fold, cid) for c in members}
             for e, seg in segmentations_of_ensembles(paths, ensembles).items():
@@ -161,7 +194,17 @@ def _score_candidates(wd: Workdir, singles: list[str], ensembles: list[tuple[str
                     raise AutosegError(f"case {cid}: probabilities of {', '.join(e)} have spatial shape "
                                        f"{seg.shape} but the reference label has {ref.shape}; predict the "
                                        f"case again at the original geometry")
-                per_case[e][cid] = evaluate_case(seg, ref, fg, geom.spacing_zyx)
+                out[e] = evaluate_case(seg, ref, fg, geom.spacing_zyx)
+        return out
+
+    case_ids = list(fold_of_case)
+    per_case: dict[tuple[str, ...], dict[str, Any]] = {(c,): {} for c in singles}
+    per_case.update({e: {} for e in ensembles})
+    with tqdm(total=len(case_ids), desc="scoring candidates", unit="case", disable=not progress) as bar:
+        results = fork_map(score, case_ids, num_workers, on_result=bar.update)
+    for cid, scores in zip(case_ids, results):
+        for candidate, result in scores.items():
+            per_case[candidate][cid] = result
     return {k: summarize(v, fg) for k, v in per_case.items()}
 
 
@@ -178,7 +221,7 @@ def _rank_key(c: Candidate) -> tuple:
 # --------------------------------------------------------------------------- find_best
 
 def find_best(workdir: str | Path, *, configurations: list[str] | None = None, folds: list[int] | None = None,
-              progress: bool = True, overwrite: bool = False) -> Selection:
+              progress: bool = True, overwrite: bool = False, num_workers: int | None = None) -> Selection:
     """Score every complete configuration and ensemble on the merged CV, pick the best, learn postprocessing.
 
     Args:
@@ -187,6 +230,8 @@ def find_best(workdir: str | Path, *, configurations: list[str] | None = None, f
         folds: folds whose validation predictions are merged (default: all folds in splits.json).
         progress: tqdm over cases.
         overwrite: select again even when selection.json is current.
+        num_workers: processes (forked) that score the cases and learn the postprocessing; None or
+            1: in this process. The result is the same either way.
 
     A configuration without all its folds' validation outputs is skipped (logged with the
     ``autoseg train`` commands that complete it); with none complete an AutosegError lists them.
@@ -195,7 +240,8 @@ def find_best(workdir: str | Path, *, configurations: list[str] | None = None, f
     """
     from .inference.ensemble import iter_cv_ensemble_segmentations
     from .inference.postprocess import determine_postprocessing, foreground_mean
-    from .pipeline import load_manifest, load_plans, plans_hash
+    from .parallel import fork_map
+    from .pipeline import load_manifest, load_plans, plans_hash, refuse_stale_folds, stale_folds
 
     wd = Workdir(workdir)
     plans = load_plans(wd.root)
@@ -232,6 +278,11 @@ def find_best(workdir: str | Path, *, configurations: list[str] | None = None, f
                            f"{wd.results_root}; expected validation/summary.json and every held-out "
                            f"case's prediction per fold. Run:\n  " + "\n  ".join(commands))
 
+    used = [(c, f) for c in complete for f in folds]
+    stale = {c for c, *_ in stale_folds(wd, plans, used)}
+    others = " ".join(c for c in complete if c not in stale)
+    refuse_stale_folds(wd, plans, used, purpose="by find-best", alternative=(
+        f"or leave them out: `autoseg find-best --workdir {wd.root} -c {others}`" if others else ""))
     phash = plans_hash(plans)
     if not overwrite:
         old = _current_selection(wd, phash, folds, complete)
@@ -253,8 +304,9 @@ def find_best(workdir: str | Path, *, configurations: list[str] | None = None, f
     ensembles = _ensembles(with_probs)
     log.info("scoring %d configuration(s) and %d ensemble(s) on %d CV cases (folds %s)", len(complete),
              len(ensembles), len(fold_of_case), folds)
+    workers = max(1, int(num_workers or 1))
     summaries = _score_candidates(wd, complete, ensembles, fold_of_case, references, manifest.file_ending,
-                                  fg, progress)
+                                  fg, progress, workers)
     seconds = {c: _seconds_per_case(wd, c, folds) for c in complete}
     candidates = []
     for members, s in summaries.items():
@@ -276,7 +328,8 @@ def find_best(workdir: str | Path, *, configurations: list[str] | None = None, f
         def segmentation(cid: str, shape: tuple[int, ...]) -> np.ndarray:
             return next(iter_cv_ensemble_segmentations(wd, winner.configurations, {cid: fold_of_case[cid]}))[1]
 
-    steps, _, after = determine_postprocessing(_CVCases(segmentation, references), fg)
+    steps, _, after = determine_postprocessing(_CVCases(segmentation, references), fg,
+                                               map_cases=lambda fn, ids: fork_map(fn, ids, workers))
     selection = Selection(
         schema_version=SCHEMA_VERSION, plans_hash=phash, folds=folds, candidates=candidates,
         winner=winner.name, winner_configurations=list(winner.configurations), postprocessing=steps,

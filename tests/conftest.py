@@ -1,5 +1,6 @@
 """Shared test set-up: make ``autoseg`` and ``tests.synthetic`` importable without installing, and
-offer a ``synthetic_dataset`` factory fixture (see tests/synthetic.py for its arguments)."""
+offer a ``synthetic_dataset`` factory fixture (see tests/synthetic.py for its arguments) and the
+``lowres_run`` fixture (a work folder with a forced 3d_lowres + 3d_cascade_fullres plan)."""
 from __future__ import annotations
 
 import sys
@@ -23,3 +24,45 @@ def synthetic_dataset(tmp_path: Path) -> Callable[..., Path]:
         return make_synthetic_dataset(tmp_path / name, **kwargs)
 
     return make
+
+
+CASCADE_DATASET = "Dataset011_Cascade"  # lowres_run's dataset: <run>/../Dataset011_Cascade (2 imagesTs cases)
+FAST_TRAIN = ["--epochs", "1", "--iterations-per-epoch", "2", "--validation-iterations", "1", "--precision",
+              "fp32", "--num-workers", "0", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def lowres_run(tmp_path_factory) -> Path:
+    """5 cases planned, hand-made 3d_lowres (spacing x2) + 3d_cascade_fullres entries, all 5 lowres folds
+    trained (a few iterations) with their final validation. Shared by the cascade training and
+    prediction tests: they may add cascade folds, nothing else."""
+    from dataclasses import replace
+
+    from autoseg.cli import main
+    from autoseg.pipeline import load_manifest, load_plans
+    from autoseg.planning.base import data_identifier
+    from autoseg.preprocessing.preprocess import preprocess_dataset
+    from autoseg.schemas import save_json
+    from autoseg.workdir import Workdir
+
+    root = tmp_path_factory.mktemp("cascade")
+    ds = make_synthetic_dataset(root / CASCADE_DATASET, n_cases=5, shape=(12, 16, 16), with_test_cases=2)
+    run = root / "run"
+    assert main(["plan", str(ds), "--workdir", str(run), "--no-progress", "--num-workers", "1",
+                 "--device", "cpu", "--cpu-gflops", "100"]) == 0
+    wd = Workdir(run)
+    plans = load_plans(run)
+    full = plans.configuration("3d_fullres")
+    spacing = [2.0 * s for s in full.spacing_zyx_mm]
+    lowres = replace(full, name="3d_lowres", spacing_zyx_mm=spacing, next_stage="3d_cascade_fullres",
+                     data_identifier=data_identifier(spacing, full.transpose_forward, full.normalization,
+                                                     full.resampling),
+                     median_shape_zyx=[max(1, round(s / 2)) for s in full.median_shape_zyx])
+    cascade = replace(full, name="3d_cascade_fullres", previous_stage="3d_lowres",
+                      network=replace(full.network, in_channels=full.network.in_channels + 2))
+    save_json(replace(plans, configurations={**plans.configurations, "3d_lowres": lowres,
+                                             "3d_cascade_fullres": cascade}), wd.plans_json)
+    preprocess_dataset(load_manifest(run), lowres, wd, num_workers=1, progress=False)
+    for k in range(5):
+        assert main(["train", "--workdir", str(run), "-c", "3d_lowres", "--fold", str(k), *FAST_TRAIN]) == 0
+    return run

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +16,8 @@ from autoseg.cli import main
 from autoseg.data.image_io import read_label
 from autoseg.errors import AutosegError
 from autoseg.pipeline import load_manifest, load_plans
-from autoseg.planning.base import data_identifier
-from autoseg.preprocessing.preprocess import preprocess_dataset, segmentation_to_preprocessed_grid
-from autoseg.schemas import CaseProperties, Splits, load_json, save_json
+from autoseg.preprocessing.preprocess import segmentation_to_preprocessed_grid
+from autoseg.schemas import CaseProperties, Splits, load_json
 from autoseg.training.augmentation import (deep_supervision_scales, initial_patch_size, rotation_ranges,
                                            training_transforms, validation_transforms)
 from autoseg.training.batch_iterator import make_batch_iterator
@@ -28,38 +26,13 @@ from autoseg.training.cascade import (CascadeInputTransform, binary_morphology, 
 from autoseg.training.checkpoint import load_checkpoint
 from autoseg.training.data_loader import PatchDataLoader, case_file_paths
 from autoseg.workdir import Workdir
-from tests.synthetic import make_synthetic_dataset
 
 FAST = ["--epochs", "1", "--iterations-per-epoch", "2", "--validation-iterations", "1", "--precision", "fp32",
         "--num-workers", "0", "--no-progress"]
 
 
 # --------------------------------------------------------------------------- a trained 3d_lowres
-
-@pytest.fixture(scope="module")
-def lowres_run(tmp_path_factory) -> Path:
-    """5 cases planned, hand-made 3d_lowres (spacing x2) + 3d_cascade_fullres entries, all 5 lowres folds."""
-    root = tmp_path_factory.mktemp("cascade")
-    ds = make_synthetic_dataset(root / "Dataset011_Cascade", n_cases=5, shape=(12, 16, 16))
-    run = root / "run"
-    assert main(["plan", str(ds), "--workdir", str(run), "--no-progress", "--num-workers", "1",
-                 "--device", "cpu", "--cpu-gflops", "100"]) == 0
-    wd = Workdir(run)
-    plans = load_plans(run)
-    full = plans.configuration("3d_fullres")
-    spacing = [2.0 * s for s in full.spacing_zyx_mm]
-    lowres = replace(full, name="3d_lowres", spacing_zyx_mm=spacing, next_stage="3d_cascade_fullres",
-                     data_identifier=data_identifier(spacing, full.transpose_forward, full.normalization,
-                                                     full.resampling),
-                     median_shape_zyx=[max(1, round(s / 2)) for s in full.median_shape_zyx])
-    cascade = replace(full, name="3d_cascade_fullres", previous_stage="3d_lowres",
-                      network=replace(full.network, in_channels=full.network.in_channels + 2))
-    save_json(replace(plans, configurations={**plans.configurations, "3d_lowres": lowres,
-                                             "3d_cascade_fullres": cascade}), wd.plans_json)
-    preprocess_dataset(load_manifest(run), lowres, wd, num_workers=1, progress=False)
-    for k in range(5):
-        assert main(["train", "--workdir", str(run), "-c", "3d_lowres", "--fold", str(k), *FAST]) == 0
-    return run
+# (the `lowres_run` fixture is in conftest.py: prediction's cascade tests use the same run)
 
 
 def test_lowres_folds_write_segmentations_on_the_next_stage_grid(lowres_run: Path) -> None:

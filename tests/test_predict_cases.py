@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from autoseg import __version__
 from autoseg.cli import main
-from autoseg.data.image_io import read_image, read_image_info, read_label
+from autoseg.data.image_io import read_image, read_image_info, read_label, write_image
 from autoseg.errors import AutosegError
 from autoseg.inference.export import load_probabilities
 from autoseg.inference.predict_cases import PREDICTION_INFO_JSON, predict_cases
@@ -146,3 +147,69 @@ def test_3d_formats_keep_format_and_geometry(tmp_path, ending):
         seg, _ = read_label(out / f"{case_id(i)}{ending}")
         assert seg.shape == (10, 16, 12) and set(np.unique(seg).tolist()) <= {0, 1, 2}
         same_geometry(out / f"{case_id(i)}{ending}", src)
+
+
+def _old_outputs(out: Path, case: str) -> list[Path]:
+    """An earlier run's segmentation, probabilities and uncertainty of ``case`` in ``out``."""
+    paths = [out / f"{case}.nii.gz", out / f"{case}.npz", out / f"{case}_uncertainty.nii.gz"]
+    for p in paths:
+        p.write_bytes(b"from an earlier run")
+    return paths
+
+
+def test_failed_cases_leave_no_older_outputs(two_channel, tmp_path):
+    wd, ds = two_channel
+    inputs = tmp_path / "in"
+    shutil.copytree(ds / "imagesTs", inputs)
+    ok, gap, unreadable, wrong_grid = (case_id(i) for i in range(6, 10))
+    (inputs / f"{gap}_0000.nii.gz").unlink()  # a channel gap: not predicted at all
+    (inputs / f"{unreadable}_0001.nii.gz").write_bytes(b"not an image")  # fails while it is read
+    image, geom = read_image(inputs / f"{wrong_grid}_0001.nii.gz")
+    write_image(image[:, :, :8], replace(geom, size=(16, 8, 12)), inputs / f"{wrong_grid}_0001.nii.gz")
+    shutil.copy(inputs / f"{ok}_0000.nii.gz", inputs / "misnamed.nii.gz")  # not <case>_<cccc>
+    out = tmp_path / "preds"
+    out.mkdir()
+    old = {c: _old_outputs(out, c) for c in (ok, gap, unreadable, wrong_grid, "misnamed")}
+    with pytest.raises(AutosegError, match="4 of 5 case"):
+        predict_cases(wd, inputs, out, configurations=["3d_fullres"], folds=[0], progress=False, num_workers=2)
+    for c in (gap, unreadable, wrong_grid, "misnamed"):
+        assert not any(p.exists() for p in old[c]), c
+    seg, _ = read_label(out / f"{ok}.nii.gz")  # written again; its old probabilities and uncertainty are gone
+    assert seg.shape == (12, 16, 16) and not old[ok][1].exists() and not old[ok][2].exists()
+    info = json.loads((out / PREDICTION_INFO_JSON).read_text())
+    assert sorted(info["failed_cases"]) == sorted([gap, unreadable, wrong_grid, "misnamed"])
+    assert "same grid" in info["failed_cases"][wrong_grid] and info["predicted_cases"] == [ok]
+
+
+def test_workers_overlap_io_with_identical_outputs(two_channel, tmp_path):
+    wd, ds = two_channel
+    outputs = {}
+    for workers in (1, 2, 3):
+        out = tmp_path / f"w{workers}"
+        info = predict_cases(wd, ds / "imagesTs", out, configurations=["3d_fullres"], folds=[0, 1], progress=False,
+                             save_probabilities=True, save_uncertainty=True, num_workers=workers)
+        assert info["num_workers"] == workers and len(info["predicted_cases"]) == 4
+        outputs[workers] = {p.name: (read_label(p)[0] if p.name.endswith(".nii.gz") and "_uncertainty" not in p.name
+                                     else read_image(p)[0] if p.name.endswith(".nii.gz") else load_probabilities(p)[0])
+                            for p in out.iterdir() if p.name != PREDICTION_INFO_JSON}
+    assert len(outputs[1]) == 12
+    for workers in (2, 3):
+        assert outputs[workers].keys() == outputs[1].keys()
+        for name, arr in outputs[1].items():
+            np.testing.assert_array_equal(outputs[workers][name], arr, err_msg=f"{name} with {workers} workers")
+
+
+def test_cli_mirroring_and_step_size(two_channel, tmp_path, capsys):
+    wd, ds = two_channel
+    out = tmp_path / "preds"
+    base = ["predict", "--workdir", str(wd), "-i", str(ds / "imagesTs"), "-o", str(out), "-c", "3d_fullres",
+            "--folds", "0", "--no-progress", "--device", "cpu"]
+    for bad in ("0", "1.5", "-0.2", "nan", "half"):
+        with pytest.raises(SystemExit) as e:
+            main([*base, "--step-size", bad])
+        assert e.value.code == 2 and "0 < F <= 1" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*base, "--no-mirroring", "--step-size", "0.8", "--num-workers", "1"]) == 0
+    info = json.loads((out / PREDICTION_INFO_JSON).read_text())
+    assert info["mirroring"] is False and info["step_size"] == 0.8 and info["fast"] is False
+    assert info["folds"] == [0] and info["num_workers"] == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ from autoseg.cli import main
 from autoseg.data.image_io import read_image, read_image_info, read_label, write_image
 from autoseg.errors import AutosegError, StaleArtifactError
 from autoseg.inference.export import load_probabilities
-from autoseg.inference.predictor import Predictor, _MemberStore, _resolve_precision
+from autoseg.inference.predictor import Predictor, _resolve_precision
+from autoseg.inference.uncertainty import MemberStore
 from autoseg.pipeline import load_plans, plans_hash
 from autoseg.schemas import SCHEMA_VERSION, Geometry, PostprocessingStep, Selection, save_json
 from autoseg.workdir import Workdir
@@ -234,7 +236,7 @@ def test_precision_resolution():
 
 
 def test_member_disagreement_known_answer():
-    store = _MemberStore(2, (2, 1, 2, 2))
+    store = MemberStore(2, (2, 1, 2, 2))
     try:
         a = np.zeros((2, 1, 2, 2), np.float32)
         a[0] = 1.0
@@ -272,3 +274,23 @@ def test_selection_postprocessing_is_applied(run):
     np.testing.assert_array_equal(seg, postprocess.apply_postprocessing(raw, steps))
     assert ndimage.label(seg > 0, structure=np.ones((3, 3, 3)))[1] <= 1  # full connectivity
     assert ndimage.label(raw > 0, structure=np.ones((3, 3, 3)))[1] > 1  # so the step did something
+
+
+def test_folds_trained_with_other_plans_are_refused(run, tmp_path):
+    wd, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(wd, copy, ignore=shutil.ignore_patterns("preprocessed"))
+    plans = load_plans(copy)
+    full = plans.configuration("3d_fullres")
+    # re-planned: another batch size does not change the weights' shapes, so the checkpoints would load
+    save_json(replace(plans, configurations={**plans.configurations, "3d_fullres": replace(full, batch_size=5)}),
+              Workdir(copy).plans_json)
+    with pytest.raises(StaleArtifactError) as e:
+        Predictor(copy, configurations=["3d_fullres"], folds=[0, 1], device="cpu")
+    msg = str(e.value)
+    for fold in (0, 1):
+        assert f"3d_fullres fold {fold}: {Workdir(copy).train_settings_json('3d_fullres', fold)}" in msg
+        assert f"rm -r {Workdir(copy).fold_dir('3d_fullres', fold)} && autoseg train --workdir {copy} " \
+               f"-c 3d_fullres --fold {fold}" in msg
+    assert "2d fold" not in msg
+    assert Predictor(copy, configurations=["2d"], folds=[0], device="cpu").folds == [0]  # its plan is unchanged

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from autoseg.atomic import atomic_write_json, read_json
 from autoseg.data.image_io import write_segmentation
-from autoseg.errors import AutosegError
+from autoseg.errors import AutosegError, StaleArtifactError
 from autoseg.inference.ensemble import average_probabilities, segmentations_of_ensembles
 from autoseg.inference.export import probabilities_to_segmentation, save_probabilities
-from autoseg.pipeline import plans_hash
+from autoseg.parallel import fork_map
+from autoseg.pipeline import plans_hash, resolve_training_settings
 from autoseg.planning.registry import get_planner
 from autoseg.schemas import (Candidate, CaseFiles, CaseFingerprint, DatasetManifest, Fingerprint, Fold,
                              Geometry, HardwareBudget, IntensityStats, LabelStats, Selection, Splits, load_json,
-                             save_json, to_dict)
+                             save_json, stable_hash, to_dict)
 from autoseg.selection import _rank_key, find_best, format_ranking
 from autoseg.workdir import Workdir
 
@@ -139,6 +141,9 @@ def test_incomplete_configuration_is_skipped_and_winner_gets_postprocessing(run,
     assert sel.foreground_dice_after_postprocessing > sel.foreground_dice_before_postprocessing
     assert "label 1 Dice" in sel.postprocessing[0].reason
     assert "largest_component label(s) 1" in format_ranking(sel)
+    # scored and postprocessing learned in 2 forked processes: the same selection
+    parallel = find_best(run.root, progress=False, overwrite=True, num_workers=2)
+    assert to_dict(parallel) == to_dict(sel)
 
 
 def test_no_complete_configuration_lists_the_train_commands(run):
@@ -206,3 +211,35 @@ def test_average_probabilities_and_shared_cache(tmp_path):
     save_probabilities(a[:, :2], tmp_path / "c.npz", case_id="x")
     with pytest.raises(AutosegError, match="same labels"):
         average_probabilities([tmp_path / "a.npz", tmp_path / "c.npz"])
+
+
+def test_folds_trained_with_other_plans_are_refused(run):
+    _write_all(run)
+    plans = run.plans
+    current_2d = stable_hash(plans.configuration("2d"))
+    for config, fold, phash in (("2d", 0, current_2d), ("3d_fullres", 1, "0123456789abcdef")):
+        settings = resolve_training_settings(plans, plans.configuration(config), str(fold), {"device": "cpu"})
+        save_json(replace(settings, plans_hash=phash), run.train_settings_json(config, fold))
+    with pytest.raises(StaleArtifactError) as err:
+        find_best(run.root, progress=False)
+    msg = str(err.value)
+    assert f"3d_fullres fold 1: {run.train_settings_json('3d_fullres', 1)} records plans hash 0123456789abcdef" in msg
+    assert f"rm -r {run.fold_dir('3d_fullres', 1)} && autoseg train --workdir {run.root} -c 3d_fullres --fold 1" in msg
+    assert f"autoseg find-best --workdir {run.root} -c 2d" in msg and "2d fold" not in msg
+    assert not run.selection_json.exists()
+    assert find_best(run.root, configurations=["2d"], progress=False).winner == "2d"
+
+
+def test_fork_map_keeps_order_and_raises():
+    offset = 10  # a closure: handed to the workers by fork, not pickled
+    assert fork_map(lambda x: x + offset, range(7), 3) == list(range(10, 17))
+    seen = []
+    assert fork_map(lambda x: x * 2, [1, 2], 1, on_result=lambda: seen.append(1)) == [2, 4] and seen == [1, 1]
+
+    def boom(x):
+        if x == 3:
+            raise AutosegError("case 3 is broken")
+        return x
+
+    with pytest.raises(AutosegError, match="case 3 is broken"):
+        fork_map(boom, range(5), 2)

@@ -23,8 +23,9 @@ mean of the class means.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -248,9 +249,42 @@ def _size_candidates(stats: _LabelStats) -> list[int]:
 
 # --------------------------------------------------------------------------- learning
 
+def _largest_foreground_only(seg: np.ndarray) -> np.ndarray:
+    fgm = seg != 0
+    out = seg.copy()
+    out[fgm & ~keep_largest_component(fgm)] = 0
+    return out
+
+
+def _pass1_case(seg: np.ndarray, ref: np.ndarray, fg: Sequence[int]) -> tuple[list[float | None], list[float | None]]:
+    """Per label: Dice of ``seg``, and Dice after keeping the largest foreground component."""
+    pp = _largest_foreground_only(seg)
+    before, after = [], []
+    for label in fg:
+        r = ref == label
+        for arr, out in ((seg, before), (pp, after)):
+            p = arr == label
+            tp = int(np.count_nonzero(p & r))
+            out.append(_dice(tp, int(np.count_nonzero(p)) - tp, int(np.count_nonzero(r)) - tp))
+    return before, after
+
+
+def _pass2_case(seg: np.ndarray, ref: np.ndarray, fg: Sequence[int],
+                use_fg: bool) -> list[tuple[_LabelCase, np.ndarray]]:
+    """Per label: its confusion counts and components (after step 1 when accepted), reference object sizes."""
+    if use_fg:
+        seg = _largest_foreground_only(seg)
+    return [_label_case(seg, ref, label) for label in fg]
+
+
+def _serial_map(fn: Callable[[str], Any], case_ids: Sequence[str]) -> list[Any]:
+    return [fn(cid) for cid in case_ids]
+
+
 def determine_postprocessing(
         cases: Mapping[str, tuple[np.ndarray, np.ndarray, Sequence[float]]],
         labels: Sequence[int],
+        map_cases: Callable[[Callable[[str], Any], Sequence[str]], list[Any]] | None = None,
 ) -> tuple[list[PostprocessingStep], dict[str, float], dict[str, float]]:
     """Learn which postprocessing steps help on cross-validation predictions.
 
@@ -260,6 +294,9 @@ def determine_postprocessing(
             Values are fetched case by case and at most twice per case, so a lazy Mapping that
             reads them from disk keeps memory to one case.
         labels: the foreground labels to score (0 is ignored).
+        map_cases: ``map_cases(fn, case_ids) -> [fn(case_id), ...]`` in order; runs the per-case
+            work of both passes (e.g. :func:`autoseg.parallel.fork_map` in processes). Default:
+            one case after the other.
 
     Rules, in order (each accepted step carries a ``reason`` with the numbers):
       1. keep the largest foreground component (all labels together): accepted if the foreground
@@ -284,22 +321,21 @@ def determine_postprocessing(
         return [], {}, {}
     case_ids = list(cases)
 
-    # pass 1: every class before, and after keeping the largest foreground component
-    before: dict[str, list[float | None]] = {k: [] for k in keys}
-    after_fg: dict[str, list[float | None]] = {k: [] for k in keys}
-    for cid in case_ids:
+    map_cases = map_cases or _serial_map
+
+    def pass1(cid: str) -> tuple[list[float | None], list[float | None]]:
         seg, ref, _ = cases[cid]
         seg, ref = np.asarray(seg), np.asarray(ref)
         _check_case(cid, seg, ref)
-        pp = seg.copy()
-        fgm = seg != 0
-        pp[fgm & ~keep_largest_component(fgm)] = 0
-        for label, key in zip(fg, keys):
-            r = ref == label
-            for arr, out in ((seg, before), (pp, after_fg)):
-                p = arr == label
-                tp = int(np.count_nonzero(p & r))
-                out[key].append(_dice(tp, int(np.count_nonzero(p)) - tp, int(np.count_nonzero(r)) - tp))
+        return _pass1_case(seg, ref, fg)
+
+    # pass 1: every class before, and after keeping the largest foreground component
+    before: dict[str, list[float | None]] = {k: [] for k in keys}
+    after_fg: dict[str, list[float | None]] = {k: [] for k in keys}
+    for case_before, case_after in map_cases(pass1, case_ids):
+        for i, key in enumerate(keys):
+            before[key].append(case_before[i])
+            after_fg[key].append(case_after[i])
     dice_before = {k: _mean(before[k]) for k in keys}
     dice_fg = {k: _mean(after_fg[k]) for k in keys}
     steps: list[PostprocessingStep] = []
@@ -316,18 +352,16 @@ def determine_postprocessing(
     log.info("largest foreground component: foreground Dice %.4f -> %.4f%s: %s", fg_before, fg_after,
              f", worse for class {', '.join(worse)}" if worse else "", "accepted" if use_fg else "rejected")
 
-    # pass 2: per-label component statistics after step 1
-    stats = {k: _LabelStats() for k in keys}
-    for cid in case_ids:
+    def pass2(cid: str) -> list[tuple[_LabelCase, np.ndarray]]:
         seg, ref, _ = cases[cid]
         seg, ref = np.asarray(seg), np.asarray(ref)
         _check_case(cid, seg, ref)
-        if use_fg:
-            fgm = seg != 0
-            seg = seg.copy()
-            seg[fgm & ~keep_largest_component(fgm)] = 0
-        for label, key in zip(fg, keys):
-            lc, ref_sizes = _label_case(seg, ref, label)
+        return _pass2_case(seg, ref, fg, use_fg)
+
+    # pass 2: per-label component statistics after step 1
+    stats = {k: _LabelStats() for k in keys}
+    for per_label in map_cases(pass2, case_ids):
+        for key, (lc, ref_sizes) in zip(keys, per_label):
             stats[key].cases.append(lc)
             stats[key].ref_object_sizes.append(ref_sizes)
 

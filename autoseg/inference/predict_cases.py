@@ -7,6 +7,11 @@ unreadable image, ...) is reported at the end while the others are written. Outp
 ``output_dir``: ``<case><ending>`` with the input's format and geometry, optional ``<case>.npz``
 probabilities and ``<case>_uncertainty<ending>``, and ``prediction_info.json`` saying which models
 produced them.
+
+Overlap (``num_workers`` >= 2): while the networks predict one case in the calling thread, a
+background thread reads and preprocesses the next case and writes the previous one's files (with
+3 or more, one thread reads and another writes). At most one case is read ahead and one is being
+written. The networks run in the calling thread only, so the outputs are those of ``num_workers=1``.
 """
 from __future__ import annotations
 
@@ -14,16 +19,19 @@ import logging
 import os
 import re
 import time
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from .. import __version__
 from ..atomic import atomic_write_json
 from ..errors import AutosegError
 from ..schemas import CaseFiles, to_dict
-from .predictor import Predictor, probabilities_path, uncertainty_path
+from .case_io import case_output_paths
+from .predictor import PredictionResult, Predictor, PreparedCase
 
 log = logging.getLogger(__name__)
 
@@ -93,32 +101,169 @@ def _single_files(paths: Sequence[str | Path]) -> list[tuple[CaseFiles, str]]:
     return out
 
 
-def _remove_outputs(paths: list[Path]) -> None:
-    for p in paths:
+def _remove_outputs(out_path: Path) -> None:
+    """Remove every file a prediction of ``out_path`` may have left (an older run's included)."""
+    for p in case_output_paths(out_path):
         try:
             p.unlink()
         except FileNotFoundError:
             pass
 
 
+def _failure(case: CaseFiles, e: BaseException) -> str | None:
+    """The message a failed case is listed with, or None for an exception that is a bug (re-raised)."""
+    if isinstance(e, AutosegError):
+        return str(e)
+    if isinstance(e, MemoryError):
+        return (f"case {case.case_id} ran out of memory ({', '.join(case.images)}); predict it on a machine "
+                f"with more RAM, with --fast, or with --num-workers 1 (no case read ahead)")
+    if isinstance(e, (RuntimeError, ValueError, OSError)):  # an unexpected file or network problem
+        log.debug("case %s failed", case.case_id, exc_info=e)
+        return (f"case {case.case_id} failed with {type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''} ({', '.join(case.images)}); rerun with -v for "
+                f"the traceback")
+    return None
+
+
+def _submit(pool: Executor | None, fn: Callable[..., Any], *args: Any) -> Future:
+    """``fn(*args)`` on ``pool``, or now in this thread (a finished Future) when there is none."""
+    if pool is not None:
+        return pool.submit(fn, *args)
+    done: Future = Future()
+    try:
+        done.set_result(fn(*args))
+    except Exception as e:  # noqa: BLE001 - handed over like a pool would
+        done.set_exception(e)
+    return done
+
+
+def default_num_workers(jobs: Sequence[tuple[CaseFiles, str]], predictor: Predictor) -> int:
+    """Threads working on cases at once (the networks' included): min(CPU cores, 3, what free RAM
+    allows for one case read ahead and one being written), at least 1 (:func:`autoseg.hardware.worker_count`).
+
+    Per voxel of the largest input (headers only) such a case holds about 4C bytes of image while
+    it is read, 4C x (preprocessed / original voxels) per preprocessed grid, and its result: 1 byte
+    of segmentation, 4K + 2K of probabilities and their float16 copy, 4 of uncertainty.
+    """
+    from ..data.image_io import read_image_info
+    from ..hardware import worker_count
+    from ..preprocessing.preprocess import target_spacing_zyx
+
+    plans = {predictor.plans.configuration(n).data_identifier: predictor.plans.configuration(n)
+             for n in predictor.stages}
+    worst = 0.0
+    for case, _ in jobs:
+        try:
+            geom = read_image_info(case.images[0])
+        except AutosegError:
+            continue  # reported when the case is read
+        ratios = sum(float(np.prod([s / t for s, t in zip(geom.spacing_zyx, target_spacing_zyx(geom.spacing_zyx, p))]))
+                     for p in plans.values())
+        c, k = predictor.num_channels, predictor.num_classes
+        worst = max(worst, float(np.prod(geom.shape_zyx)) * (4 * c * (1 + ratios) + 6 * k + 5))
+    return worker_count(max(worst / 1024 ** 3, 0.05), max_workers=3)
+
+
+def _predict_jobs(predictor: Predictor, jobs: Sequence[tuple[CaseFiles, str]], output_dir: Path, workers: int,
+                  save_probabilities: bool, save_uncertainty: bool, failed: dict[str, str],
+                  progress: bool) -> dict[str, float]:
+    """Predict every job (see the module doc for the overlap); returns seconds per written case and
+    adds the failed ones to ``failed`` (their output files removed)."""
+    from tqdm import tqdm
+
+    reader = ThreadPoolExecutor(1, thread_name_prefix="autoseg-read") if workers >= 2 and len(jobs) > 1 else None
+    writer = None if reader is None else reader if workers == 2 else ThreadPoolExecutor(
+        1, thread_name_prefix="autoseg-write")
+    seconds: dict[str, float] = {}
+    bar = tqdm(total=len(jobs), desc="predicting", unit="case", disable=not progress)
+
+    def read(i: int) -> PreparedCase:
+        case, ending = jobs[i]
+        return predictor.read_case(case, output_dir / f"{case.case_id}{ending}", preprocess=reader is not None)
+
+    def write(case: CaseFiles, prepared: PreparedCase, result: PredictionResult, out_path: Path) -> float:
+        t0 = time.monotonic()
+        predictor.write_result(case.case_id, prepared.geometry, result, out_path)
+        return time.monotonic() - t0
+
+    def fail(i: int, e: BaseException) -> None:
+        case, ending = jobs[i]
+        _remove_outputs(output_dir / f"{case.case_id}{ending}")
+        message = _failure(case, e)
+        if message is None:
+            raise e
+        failed[case.case_id] = message
+        log.error("%s", message)
+        bar.update()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def finish(pending: tuple[int, Future, float] | None) -> None:
+        if pending is None:
+            return
+        i, future, spent = pending
+        try:
+            seconds[jobs[i][0].case_id] = round(spent + future.result(), 3)
+            bar.update()
+        except BaseException as e:  # noqa: BLE001 - attributed to its case
+            fail(i, e)
+
+    pending_write: tuple[int, Future, float] | None = None
+    try:
+        next_read = _submit(reader, read, 0) if jobs else None
+        for i, (case, ending) in enumerate(jobs):
+            assert next_read is not None
+            current, next_read = next_read, None
+            if reader is not None and i + 1 < len(jobs):
+                next_read = _submit(reader, read, i + 1)  # read ahead while this case is predicted
+            try:
+                prepared = current.result()
+                t0 = time.monotonic()
+                result = predictor.predict_prepared(prepared, return_probabilities=save_probabilities,
+                                                    return_uncertainty=save_uncertainty)
+                spent = prepared.seconds + time.monotonic() - t0
+            except BaseException as e:  # noqa: BLE001 - attributed to its case
+                fail(i, e)
+            else:
+                finish(pending_write)  # at most one case is being written
+                pending_write = (i, _submit(writer, write, case, prepared, result,
+                                            output_dir / f"{case.case_id}{ending}"), spent)
+                del prepared, result
+            if reader is None and i + 1 < len(jobs):
+                next_read = _submit(None, read, i + 1)
+        finish(pending_write)
+        pending_write = None
+    finally:
+        for pool in {p for p in (reader, writer) if p is not None}:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if pending_write is not None:  # interrupted: a case whose writing did not finish is no result
+            i, future = pending_write[0], pending_write[1]
+            if not future.done() or future.cancelled() or future.exception() is not None:
+                _remove_outputs(output_dir / f"{jobs[i][0].case_id}{jobs[i][1]}")
+        bar.close()
+    return seconds
+
+
 def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path], output_dir: str | Path, *,
                   configurations: Sequence[str] | None = None, folds: Sequence[int | str] | None = None,
-                  fast: bool = False, save_probabilities: bool = False, save_uncertainty: bool = False,
+                  fast: bool = False, step_size: float | None = None, mirror: bool | None = None,
+                  save_probabilities: bool = False, save_uncertainty: bool = False,
                   device: str | None = None, progress: bool = True, precision: str = "auto",
-                  checkpoint: str = "final") -> dict[str, Any]:
+                  checkpoint: str = "final", num_workers: int | None = None) -> dict[str, Any]:
     """Predict every case of ``inputs`` into ``output_dir``; returns what prediction_info.json holds.
 
     ``inputs``: a folder in imagesTs layout (channel count from the plans, file ending from the
     dataset manifest), a single image file, or a list of image files (one case each; for datasets
-    with one file per case). ``configurations``/``folds``/``fast``/``device``/``precision``/
-    ``checkpoint``: see :class:`~autoseg.inference.predictor.Predictor` (None: the selection's winner).
+    with one file per case). ``configurations``/``folds``/``fast``/``step_size``/``mirror``/
+    ``device``/``precision``/``checkpoint``: see :class:`~autoseg.inference.predictor.Predictor`
+    (None: the selection's winner). ``num_workers``: threads working on cases at once, the
+    networks' included (1: one case after the other; None: :func:`default_num_workers`).
 
-    A failed case leaves no output file (an older prediction of it in ``output_dir`` is removed,
-    so that every prediction there comes from the models in prediction_info.json); after every
-    other case is written and prediction_info.json is saved, AutosegError lists the failed cases.
+    A failed case leaves no output file (an older prediction of it in ``output_dir``, with its
+    ``.npz`` and uncertainty files, is removed, so that every prediction there comes from the
+    models in prediction_info.json); after every other case is written and prediction_info.json
+    is saved, AutosegError lists the failed cases.
     """
-    from tqdm import tqdm
-
     from ..pipeline import load_manifest
 
     manifest = load_manifest(workdir)
@@ -146,39 +291,29 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
             raise AutosegError(f"input {', '.join(missing[:5])} does not exist; pass a folder of "
                                f"<case>_0000{manifest.file_ending} images or existing image files")
         jobs = _single_files(files)
+    if num_workers is not None and num_workers < 1:
+        raise AutosegError(f"--num-workers {num_workers}: expected 1 or more (1 predicts one case after the other)")
 
     predictor = Predictor(workdir, configurations=configurations, folds=folds, device=device,
-                          precision=precision, fast=fast, checkpoint=checkpoint)
+                          precision=precision, fast=fast, step_size=step_size, mirror=mirror,
+                          checkpoint=checkpoint)
     output_dir.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
+    for case_id, message in failed.items():  # misnamed files, channel gaps: no older output may stay
+        _remove_outputs(output_dir / f"{case_id}{manifest.file_ending}")
+        log.error("%s", message)
+    workers = int(num_workers) if num_workers is not None else default_num_workers(jobs, predictor)
+    log.info("predicting %d case(s) with %d thread(s)%s", len(jobs), workers,
+             " (reading ahead and writing in the background)" if workers > 1 and len(jobs) > 1 else "")
     t_start = time.monotonic()
-    for case, ending in tqdm(jobs, desc="predicting", unit="case", disable=not progress):
-        out_path = output_dir / f"{case.case_id}{ending}"
-        try:
-            info = predictor.predict_file(case, out_path, save_probabilities=save_probabilities,
-                                          save_uncertainty=save_uncertainty)
-            seconds[case.case_id] = info["seconds"]
-            continue
-        except AutosegError as e:
-            failed[case.case_id] = str(e)
-        except MemoryError:
-            failed[case.case_id] = (f"case {case.case_id} ran out of memory ({', '.join(case.images)}); "
-                                    f"predict it on a machine with more RAM or with --fast")
-        except (RuntimeError, ValueError, OSError) as e:  # an unexpected file or network problem
-            log.debug("case %s failed", case.case_id, exc_info=True)
-            failed[case.case_id] = (f"case {case.case_id} failed with {type(e).__name__}: "
-                                    f"{str(e).splitlines()[0] if str(e) else ''} ({', '.join(case.images)}); "
-                                    f"rerun with -v for the traceback")
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        _remove_outputs([out_path, probabilities_path(out_path), uncertainty_path(out_path)])
-        log.error("%s", failed[case.case_id])
+    seconds = _predict_jobs(predictor, jobs, output_dir, workers, save_probabilities, save_uncertainty, failed,
+                            progress)
 
     info = {
         "autoseg_version": __version__,
         "workdir": str(Path(workdir).resolve()),
         "inputs": str(Path(inputs).resolve()) if isinstance(inputs, (str, Path)) else [str(p) for p in inputs],
         "configurations": list(predictor.configurations),
+        "previous_stages": dict(predictor.previous_stages),
         "selection_winner": predictor.selection_winner,
         "folds": list(predictor.folds),
         "checkpoint": predictor.checkpoint,
@@ -189,10 +324,11 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
         "plans_hash": predictor.plans_hash,
         "device": str(predictor.device),
         "precision": dict(predictor.precisions),
+        "num_workers": workers,
         "seconds_per_case": seconds,
         "total_seconds": round(time.monotonic() - t_start, 3),
         "predicted_cases": sorted(seconds),
-        "failed_cases": failed,
+        "failed_cases": dict(sorted(failed.items())),
     }
     atomic_write_json(output_dir / PREDICTION_INFO_JSON, info)
     log.info("predicted %d case(s) into %s%s", len(seconds), output_dir,

@@ -5,43 +5,46 @@ predicts arrays held in memory (:meth:`Predictor.predict_array`) or image files
 (:meth:`Predictor.predict_file`). Per configuration the folds' logits are averaged (in the
 preprocessed space, like nnU-Net); across configurations the probabilities at the original
 geometry are averaged; then argmax and, when the selection's winner is used, its postprocessing.
+A cascade configuration (``previous_stage`` set, i.e. 3d_cascade_fullres) also loads the previous
+stage's networks with the same folds and predicts it first (:mod:`.cascade_predict`).
+
+A case goes through three steps that :func:`~autoseg.inference.predict_cases.predict_cases` can
+overlap between cases: :meth:`Predictor.read_case` (read + preprocess, no network),
+:meth:`Predictor.predict_prepared` (the networks) and :meth:`Predictor.write_result`.
 
 Axis order: images ``(C, Z, Y, X)``, probabilities ``(K, Z, Y, X)``, segmentations and
 uncertainty ``(Z, Y, X)``, in the original array order (see :mod:`autoseg.schemas`).
 
-Uncertainty: the ensemble members are the (configuration, fold) networks. Each member's
-probabilities ``p_m`` are computed on their own and compared with the ensemble's final
-probabilities ``p`` (the ones the segmentation is the argmax of) by the total-variation distance
-``TV(p_m, p) = 0.5 * sum_k |p_m[k] - p[k]|`` in [0, 1]. The uncertainty of a voxel is the mean of
-``TV`` over the members: 0 where every member agrees with the ensemble, towards 1 where members
-put their mass on different classes. With a single member it is 0 everywhere.
+Uncertainty: the ensemble members are the (configuration, fold) networks of the configurations
+ensembled (a previous stage that is only the cascade's input is no member); see
+:mod:`.uncertainty`. With a single member it is 0 everywhere.
 """
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..errors import AutosegError, StaleArtifactError
+from ..errors import AutosegError
 from ..schemas import (SCHEMA_VERSION, CaseFiles, CaseProperties, ConfigurationPlan, Geometry,
-                       PostprocessingStep, Selection, load_json)
+                       PostprocessingStep, load_json)
 from ..workdir import CHECKPOINT_KINDS, Workdir
+from .cascade_predict import cascade_input, stage_order
+from .case_io import case_id_and_files, image_geometry, read_case_image, write_case_outputs
 from .export import logits_to_original_probabilities, probabilities_to_segmentation
-from .export import save_probabilities as _save_probabilities_npz
 from .sliding_window import predict_sliding_window
+from .uncertainty import MemberStore
 from .validation import predict_preprocessed_case
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_STEP_SIZE, FAST_STEP_SIZE = 0.5, 0.75  # --fast: 0.75 and no mirroring (nnU-Net maintainers' advice)
-_SLAB_VOXELS = 1 << 22  # uncertainty is reduced in slabs of ~4M voxels along axis 0
 
 
 @dataclass
@@ -57,27 +60,21 @@ class PredictionResult:
     uncertainty: np.ndarray | None = None
 
 
-def _split_ending(out_path: str | Path) -> tuple[Path, str, str]:
-    from ..data.image_io import ending_of
+@dataclass
+class PreparedCase:
+    """One case ready for the networks (made by :meth:`Predictor.prepare_array` / :meth:`Predictor.read_case`,
+    used once by :meth:`Predictor.predict_prepared`, which frees its arrays as it goes).
 
-    out_path = Path(out_path)
-    ending = ending_of(out_path)
-    return out_path.parent, out_path.name[: len(out_path.name) - len(ending)], ending
+    ``image`` (C, Z, Y, X) float32, or None once every configuration's input is preprocessed;
+    ``preprocessed``: data_identifier -> (float32 (C, *S) data, CaseProperties) done ahead of time.
+    """
 
-
-def probabilities_path(out_path: str | Path) -> Path:
-    """Where :meth:`Predictor.predict_file` writes the probabilities of ``out_path``: ``<case>.npz``."""
-    folder, case, _ = _split_ending(out_path)
-    return folder / f"{case}.npz"
-
-
-def uncertainty_path(out_path: str | Path) -> Path:
-    """``<case>_uncertainty<ending>`` next to ``out_path``; PNG and BMP store 8-bit values only, so
-    the float uncertainty of a PNG/BMP prediction is written as ``<case>_uncertainty.nii.gz``."""
-    from ..data.image_io import EIGHT_BIT_ENDINGS
-
-    folder, case, ending = _split_ending(out_path)
-    return folder / f"{case}_uncertainty{'.nii.gz' if ending in EIGHT_BIT_ENDINGS else ending}"
+    case_id: str
+    geometry: Geometry
+    shape_zyx: tuple[int, ...]
+    image: np.ndarray | None
+    preprocessed: dict[str, tuple[np.ndarray, CaseProperties]] = field(default_factory=dict)
+    seconds: float = 0.0  # reading and preprocessing so far
 
 
 def _resolve_precision(requested: str, device: torch.device, recorded: list[str | None]) -> str:
@@ -96,13 +93,24 @@ def _resolve_precision(requested: str, device: torch.device, recorded: list[str 
     return "fp32"
 
 
+def _properties(case_id: str, geometry: Geometry, info: dict[str, Any]) -> CaseProperties:
+    """What :func:`preprocess_arrays` recorded, as the sidecar that export and the cascade read."""
+    return CaseProperties(
+        schema_version=SCHEMA_VERSION, case_id=case_id, geometry=geometry, file_ending="",
+        shape_before_crop_zyx=info["shape_before_crop"], crop_bbox_zyx=info["crop_bbox"],
+        shape_after_crop_zyx=info["shape_after_crop"], spacing_before_zyx_mm=info["spacing_before"],
+        spacing_after_zyx_mm=info["spacing_after"], shape_after_resampling_zyx=info["shape_after_resampling"],
+        class_locations={}, plans_hash="", source_hash="")
+
+
 class Predictor:
     """Networks of a trained work folder, loaded once, ready to predict images.
 
     Args:
         workdir: the work folder (``autoseg plan`` / ``autoseg train`` wrote it).
         configurations: configurations to ensemble; None reads ``results/selection.json``
-            (``autoseg find-best``) and uses its winner, folds and postprocessing.
+            (``autoseg find-best``) and uses its winner, folds and postprocessing. A cascade
+            configuration brings its previous stage along (same folds), predicted once per case.
         folds: folds to use per configuration (ints, or "all"); None: the selection's folds, or
             every fold of splits.json; with ``fast`` only the first of them.
         device: "cpu", "cuda", "cuda:N"; None picks CUDA when present.
@@ -113,6 +121,10 @@ class Predictor:
         mirror: mirror test-time augmentation (None: on unless fast).
         checkpoint: "final", "best" or "latest".
         postprocessing: apply the selection's postprocessing when the selection's winner is used.
+
+    Missing checkpoints stop the constructor with AutosegError naming the ``autoseg train``
+    commands; folds whose ``train_settings.json`` records another plan than plans.json now holds
+    (re-planned since) with :class:`~autoseg.errors.StaleArtifactError`.
     """
 
     def __init__(self, workdir: str | Path, *, configurations: Sequence[str] | None = None,
@@ -120,6 +132,7 @@ class Predictor:
                  precision: str = "auto", fast: bool = False, step_size: float | None = None,
                  mirror: bool | None = None, checkpoint: str = "final", postprocessing: bool = True):
         from ..pipeline import load_plans, plans_hash
+        from ..selection import read_selection
 
         self.workdir = Workdir(workdir)
         self.plans = load_plans(self.workdir.root)
@@ -139,10 +152,10 @@ class Predictor:
             configurations = [configurations]
         if isinstance(folds, (int, str)):
             folds = [folds]
-        selection = self._read_selection(optional=configurations is not None)
+        selection = read_selection(self.workdir.root, self.plans_hash, optional=configurations is not None)
         folds_given = folds is not None
         if configurations is None:
-            assert selection is not None  # _read_selection raised otherwise
+            assert selection is not None  # read_selection raised otherwise
             configurations = selection.winner_configurations
             if folds is None:
                 folds = selection.folds
@@ -155,14 +168,13 @@ class Predictor:
             self.postprocessing = list(selection.postprocessing)
         self.selection_winner = selection.winner if selection is not None else None
         plans = [self.plans.configuration(c) for c in self.configurations]  # unknown name -> "did you mean"
-        for cfg in plans:
-            if cfg.previous_stage:
-                raise AutosegError(f"configuration '{cfg.name}' takes the predictions of '{cfg.previous_stage}' "
-                                   f"as input (cascade), which prediction does not support yet; predict "
-                                   f"with -c {cfg.previous_stage} or another configuration")
-        channels = {len(cfg.normalization) for cfg in plans}
+        # every configuration to run, previous stages (cascade inputs) first, each once
+        self.stages: list[str] = stage_order(self.plans, self.configurations)
+        stage_plans = [self.plans.configuration(c) for c in self.stages]
+        self.previous_stages: dict[str, str] = {c.name: str(c.previous_stage) for c in stage_plans if c.previous_stage}
+        channels = {len(cfg.normalization) for cfg in stage_plans}
         if len(channels) != 1:
-            raise AutosegError(f"configurations {self.configurations} expect different numbers of input "
+            raise AutosegError(f"configurations {self.stages} expect different numbers of input "
                                f"channels {sorted(channels)}; predict them separately")
         self.num_channels = channels.pop()
         self.channel_names = [n.name for n in plans[0].normalization]
@@ -175,41 +187,19 @@ class Predictor:
             raise AutosegError("no fold to predict with; pass e.g. --folds 0 1 2 3 4")
         self.folds: list[int | str] = [int(f) if f.isdigit() else f for f in dict.fromkeys(fold_list)]
         self._check_checkpoints()
+        self._check_current()
         self.networks: dict[str, list[torch.nn.Module]] = {}
         self.precisions: dict[str, str] = {}
-        for cfg in plans:
+        for cfg in stage_plans:
             self._load(cfg, precision)
-        log.info("predictor: %s, folds %s, %s checkpoints on %s (%s), step %.2f, mirroring %s%s",
+        log.info("predictor: %s, folds %s, %s checkpoints on %s (%s), step %.2f, mirroring %s%s%s",
                  "+".join(self.configurations), self.folds, self.checkpoint, self.device,
                  ", ".join(f"{c} {p}" for c, p in self.precisions.items()), self.step_size,
                  "on" if self.mirror else "off",
+                 "".join(f", {c} predicted first as the input of {n}" for n, c in self.previous_stages.items()),
                  f", postprocessing {[s.kind for s in self.postprocessing]}" if self.postprocessing else "")
 
     # ------------------------------------------------------------------ set-up
-    def _read_selection(self, optional: bool = False) -> Selection | None:
-        path = self.workdir.selection_json
-        if not path.exists():
-            if optional:
-                return None
-            raise AutosegError(f"{path} does not exist, so the best configuration is not known yet; run "
-                               f"`autoseg find-best --workdir {self.workdir.root}` first, or name the "
-                               f"configurations to use (-c 3d_fullres)")
-        try:
-            selection = load_json(Selection, path)
-        except AutosegError as e:
-            if not optional:
-                raise
-            log.warning("%s cannot be read (%s); its postprocessing is not used", path, e)
-            return None
-        if selection.plans_hash and selection.plans_hash != self.plans_hash:
-            if optional:
-                log.warning("%s was made for other plans; its postprocessing is not used", path)
-                return None
-            raise StaleArtifactError(f"{path} was made for other plans (plans hash {selection.plans_hash}, "
-                                     f"plans.json now has {self.plans_hash}); rerun `autoseg find-best "
-                                     f"--workdir {self.workdir.root} --overwrite`")
-        return selection
-
     def _default_folds(self) -> list[str]:
         from ..schemas import Splits
 
@@ -217,16 +207,28 @@ class Predictor:
             return [str(k) for k in range(len(load_json(Splits, self.workdir.splits_json).folds))]
         return [str(k) for k in range(5)]
 
+    def _describe(self, configuration: str, fold: int | str) -> str:
+        users = [n for n, p in self.previous_stages.items() if p == configuration]
+        extra = f" (the input of {', '.join(users)})" if users and configuration not in self.configurations else ""
+        return f"{configuration} fold {fold}{extra}"
+
     def _check_checkpoints(self) -> None:
-        missing = [(c, f) for c in self.configurations for f in self.folds
+        missing = [(c, f) for c in self.stages for f in self.folds
                    if not self.workdir.checkpoint(c, f, self.checkpoint).is_file()]
         if not missing:
             return
         cmds = "\n".join(f"  autoseg train --workdir {self.workdir.root} -c {c} --fold {f}" for c, f in missing)
-        raise AutosegError(f"{len(missing)} of the {len(self.configurations) * len(self.folds)} trained "
+        raise AutosegError(f"{len(missing)} of the {len(self.stages) * len(self.folds)} trained "
                            f"networks needed are missing (checkpoint_{self.checkpoint}.pt of "
-                           f"{', '.join(f'{c} fold {f}' for c, f in missing)}); run:\n{cmds}\n"
+                           f"{', '.join(self._describe(c, f) for c, f in missing)}); run:\n{cmds}\n"
                            f"or predict with the folds that exist (--folds ...)")
+
+    def _check_current(self) -> None:
+        from ..pipeline import refuse_stale_folds
+
+        refuse_stale_folds(self.workdir, self.plans, [(c, f) for c in self.stages for f in self.folds],
+                           purpose="to predict", alternative="or predict with other folds (--folds) or "
+                                                             "configurations (-c)")
 
     def _load(self, cfg: ConfigurationPlan, precision: str) -> None:
         from ..training.checkpoint import load_checkpoint
@@ -252,27 +254,66 @@ class Predictor:
         self.networks[cfg.name] = nets
         self.precisions[cfg.name] = _resolve_precision(precision, self.device, recorded)
 
-    # ------------------------------------------------------------------ prediction
+    # ------------------------------------------------------------------ reading and preprocessing
     @property
     def num_members(self) -> int:
-        """Ensemble members: one per (configuration, fold) network."""
-        return sum(len(n) for n in self.networks.values())
+        """Ensemble members: one per (configuration, fold) network of the configurations ensembled."""
+        return sum(len(self.networks[c]) for c in self.configurations)
 
-    def _geometry(self, image: np.ndarray, geometry: Geometry | Sequence[float]) -> Geometry:
-        if isinstance(geometry, Geometry):
-            if tuple(geometry.shape_zyx) != tuple(image.shape[1:]):
-                raise AutosegError(f"image of shape (C, Z, Y, X) {tuple(image.shape)} does not match its "
-                                   f"geometry (size {geometry.size}, i.e. (Z, Y, X) {geometry.shape_zyx}); "
-                                   f"pass the geometry of this image")
-            return geometry
-        spacing = [float(s) for s in geometry]
-        if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
-            raise AutosegError(f"spacing {tuple(geometry)} is not a (Z, Y, X) spacing in mm; expected three "
-                               f"positive numbers (2D images: (999, y, x))")
-        return Geometry(ndim=3, size=tuple(int(s) for s in reversed(image.shape[1:])),
-                        spacing=tuple(reversed(spacing)), origin=(0.0, 0.0, 0.0),
-                        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    def prepare_array(self, image: np.ndarray, geometry: Geometry | Sequence[float], *, case_id: str = "array",
+                      preprocess: bool = False) -> PreparedCase:
+        """Check one image (see :meth:`predict_array`) and, with ``preprocess``, preprocess it for
+        every configuration now (then the image itself is let go); else that happens while predicting."""
+        t0 = time.monotonic()
+        image = np.asarray(image)
+        if image.ndim != 4:
+            raise AutosegError(f"case {case_id}: image has shape {image.shape}; expected (C, Z, Y, X) "
+                               f"(a 2D image is (C, 1, Y, X))")
+        if image.shape[0] != self.num_channels:
+            raise AutosegError(f"case {case_id}: image has {image.shape[0]} channel(s), the networks expect "
+                               f"{self.num_channels} ({', '.join(self.channel_names)}); pass every channel")
+        image = image.astype(np.float32, copy=False)
+        prepared = PreparedCase(case_id, image_geometry(image, geometry), tuple(image.shape[1:]), image)
+        if preprocess:
+            for name in self.stages:
+                ident = self.plans.configuration(name).data_identifier
+                if ident not in prepared.preprocessed:
+                    prepared.preprocessed[ident] = self._preprocess(prepared, name)
+            prepared.image = None
+        prepared.seconds = time.monotonic() - t0
+        return prepared
 
+    def read_case(self, paths: Sequence[str | Path] | CaseFiles | str | Path, out_path: str | Path, *,
+                  preprocess: bool = False) -> PreparedCase:
+        """Read one case's channel files (see :meth:`predict_file`) into a :class:`PreparedCase`."""
+        t0 = time.monotonic()
+        case_id, files = case_id_and_files(paths, out_path)
+        image, geometry = read_case_image(case_id, files, self.num_channels, self.channel_names)
+        prepared = self.prepare_array(image, geometry, case_id=case_id, preprocess=preprocess)
+        prepared.seconds = time.monotonic() - t0
+        return prepared
+
+    def _preprocess(self, prepared: PreparedCase, name: str) -> tuple[np.ndarray, CaseProperties]:
+        from ..preprocessing.preprocess import preprocess_arrays
+
+        if prepared.image is None:
+            raise RuntimeError(f"case {prepared.case_id}: its image was let go before {name} was preprocessed")
+        data, _, info = preprocess_arrays(prepared.image, None, prepared.geometry.spacing_zyx,
+                                          self.plans.configuration(name))
+        return data, _properties(prepared.case_id, prepared.geometry, info)
+
+    def _input(self, prepared: PreparedCase, index: int) -> tuple[np.ndarray, CaseProperties]:
+        """The preprocessed input of stage ``index``: done ahead, or now; freed after its last use, and
+        the image once no later stage needs to be preprocessed from it."""
+        ident = self.plans.configuration(self.stages[index]).data_identifier
+        later = {self.plans.configuration(n).data_identifier for n in self.stages[index + 1:]}
+        if ident not in prepared.preprocessed:
+            prepared.preprocessed[ident] = self._preprocess(prepared, self.stages[index])
+        if later <= set(prepared.preprocessed):
+            prepared.image = None
+        return prepared.preprocessed[ident] if ident in later else prepared.preprocessed.pop(ident)
+
+    # ------------------------------------------------------------------ prediction
     def predict_array(self, image: np.ndarray, geometry: Geometry | Sequence[float], *,
                       return_probabilities: bool = False, return_uncertainty: bool = False,
                       case_id: str = "array") -> PredictionResult:
@@ -286,30 +327,31 @@ class Predictor:
             return_uncertainty: also return the members' disagreement ``(Z, Y, X)`` (module doc);
                 this costs one extra resampling per member, not extra network passes.
 
-        Peak memory (float32, K classes, C channels), per original voxel: the ensemble sum (4K
-        bytes) plus one configuration's export (at most 8K: its cropped and its full-size map),
-        plus the segmentation and uncertainty (5); per preprocessed voxel: the image (4C) and the
-        sliding-window accumulators (4K + 4), with uncertainty also a sum of fold logits (4K).
-        Members' probabilities (uncertainty) go to a float16 file on disk (2K bytes per voxel
-        per member), never to RAM.
+        Peak memory: docs/prediction.md §8 (the arrays held at once, per original and per
+        preprocessed voxel). Members' probabilities (uncertainty) go to a float16 file on disk.
         """
-        image = np.asarray(image)
-        if image.ndim != 4:
-            raise AutosegError(f"case {case_id}: image has shape {image.shape}; expected (C, Z, Y, X) "
-                               f"(a 2D image is (C, 1, Y, X))")
-        if image.shape[0] != self.num_channels:
-            raise AutosegError(f"case {case_id}: image has {image.shape[0]} channel(s), the networks expect "
-                               f"{self.num_channels} ({', '.join(self.channel_names)}); pass every channel")
-        image = image.astype(np.float32, copy=False)
-        geom = self._geometry(image, geometry)
-        members = _MemberStore(self.num_members, (self.num_classes, *image.shape[1:])) \
+        prepared = self.prepare_array(image, geometry, case_id=case_id)
+        return self.predict_prepared(prepared, return_probabilities=return_probabilities,
+                                     return_uncertainty=return_uncertainty)
+
+    def predict_prepared(self, prepared: PreparedCase, *, return_probabilities: bool = False,
+                         return_uncertainty: bool = False) -> PredictionResult:
+        """Run the networks on a :class:`PreparedCase` (used up: its arrays are freed as it goes)."""
+        shape = tuple(prepared.shape_zyx)
+        members = MemberStore(self.num_members, (self.num_classes, *shape)) \
             if return_uncertainty and self.num_members > 1 else None
         total: np.ndarray | None = None
+        inputs_of_next: dict[str, np.ndarray] = {}  # previous stage -> its segmentation (original geometry)
         try:
-            for name in self.configurations:
-                probs = self._predict_configuration(name, image, geom, case_id, members)
-                total = probs if total is None else np.add(total, probs, out=total)
+            for index, name in enumerate(self.stages):
+                probs = self._predict_configuration(index, prepared, inputs_of_next,
+                                                    members if name in self.configurations else None)
+                if name in self.previous_stages.values():
+                    inputs_of_next[name] = probabilities_to_segmentation(probs)  # argmax, no postprocessing
+                if name in self.configurations:
+                    total = probs if total is None else np.add(total, probs, out=total)
                 del probs
+            inputs_of_next.clear()
             assert total is not None
             if len(self.configurations) > 1:
                 total /= len(self.configurations)
@@ -319,25 +361,20 @@ class Predictor:
 
                 seg = apply_postprocessing(seg, self.postprocessing)
             uncertainty = None if not return_uncertainty else (
-                members.uncertainty(total) if members is not None else np.zeros(image.shape[1:], np.float32))
+                members.uncertainty(total) if members is not None else np.zeros(shape, np.float32))
         finally:
             if members is not None:
                 members.close()
         return PredictionResult(seg, total if return_probabilities else None, uncertainty)
 
-    def _predict_configuration(self, name: str, image: np.ndarray, geom: Geometry, case_id: str,
-                               members: _MemberStore | None) -> np.ndarray:
-        """Probabilities (K, Z, Y, X) of one configuration (folds' logits averaged)."""
-        from ..preprocessing.preprocess import preprocess_arrays
-
+    def _predict_configuration(self, index: int, prepared: PreparedCase, inputs_of_next: dict[str, np.ndarray],
+                               members: MemberStore | None) -> np.ndarray:
+        """Probabilities (K, Z, Y, X) of stage ``index`` (folds' logits averaged)."""
+        name = self.stages[index]
         cfg = self.plans.configuration(name)
-        data, _, info = preprocess_arrays(image, None, geom.spacing_zyx, cfg)
-        props = CaseProperties(
-            schema_version=SCHEMA_VERSION, case_id=case_id, geometry=geom, file_ending="",
-            shape_before_crop_zyx=info["shape_before_crop"], crop_bbox_zyx=info["crop_bbox"],
-            shape_after_crop_zyx=info["shape_after_crop"], spacing_before_zyx_mm=info["spacing_before"],
-            spacing_after_zyx_mm=info["spacing_after"], shape_after_resampling_zyx=info["shape_after_resampling"],
-            class_locations={}, plans_hash="", source_hash="")
+        data, props = self._input(prepared, index)
+        if cfg.previous_stage:
+            data = cascade_input(data, props, inputs_of_next[cfg.previous_stage], cfg)
         nets, precision = self.networks[name], self.precisions[name]
         if members is None:
             return predict_preprocessed_case(nets, data, props, cfg, device=str(self.device), precision=precision,
@@ -356,6 +393,13 @@ class Predictor:
         assert logit_sum is not None
         return logits_to_original_probabilities(logit_sum / len(nets), props, cfg)
 
+    # ------------------------------------------------------------------ files
+    def write_result(self, case_id: str, geometry: Geometry, result: PredictionResult,
+                     out_path: str | Path) -> dict[str, Any]:
+        """Write a result's files (see :meth:`predict_file`); returns what :func:`write_case_outputs` does."""
+        return write_case_outputs(case_id, out_path, geometry, result.segmentation, result.probabilities,
+                                  result.uncertainty)
+
     def predict_file(self, paths: Sequence[str | Path] | CaseFiles | str | Path, out_path: str | Path, *,
                      save_probabilities: bool = False, save_uncertainty: bool = False) -> dict[str, Any]:
         """Read one case's channel files, segment it, write ``out_path`` with the input's geometry.
@@ -368,78 +412,12 @@ class Predictor:
         atomically. Returns ``{"case_id", "seconds", "shape_zyx", "output", "probabilities",
         "uncertainty"}`` (paths as strings or None).
         """
-        from ..data.image_io import read_image, write_image, write_segmentation
-
         t0 = time.monotonic()
-        out_path = Path(out_path)
-        if isinstance(paths, CaseFiles):
-            case_id, files = paths.case_id, [str(p) for p in paths.images]
-        else:
-            files = [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]
-            case_id = probabilities_path(out_path).name[:-4]
-        if not files:
-            raise AutosegError(f"case {case_id}: no image file given; pass its channel files")
-        arrays, geometry = [], None
-        for path in files:
-            arr, geom = read_image(path)
-            if arrays and arr.shape[1:] != arrays[0].shape[1:]:
-                raise AutosegError(f"case {case_id}: {path} has shape (Z, Y, X) {arr.shape[1:]} but {files[0]} "
-                                   f"has {arrays[0].shape[1:]}; every channel must be on the same grid")
-            arrays.append(arr)
-            geometry = geometry or geom
-        image = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
-        del arrays
-        if image.shape[0] != self.num_channels:
-            raise AutosegError(f"case {case_id}: found {image.shape[0]} channel(s) in {', '.join(files)}; the "
-                               f"networks expect {self.num_channels} ({', '.join(self.channel_names)}); give one "
-                               f"file per channel, named <case>_0000, <case>_0001, ...")
-        assert geometry is not None
-        result = self.predict_array(image, geometry, return_probabilities=save_probabilities,
-                                    return_uncertainty=save_uncertainty, case_id=case_id)
-        info: dict[str, Any] = {"case_id": case_id, "shape_zyx": [int(s) for s in image.shape[1:]],
-                                "output": str(out_path), "probabilities": None, "uncertainty": None}
-        del image
-        if result.probabilities is not None:
-            npz = probabilities_path(out_path)
-            _save_probabilities_npz(result.probabilities, npz, case_id=case_id)
-            info["probabilities"] = str(npz)
-        if result.uncertainty is not None:
-            unc = uncertainty_path(out_path)
-            write_image(result.uncertainty[None], geometry, unc)
-            info["uncertainty"] = str(unc)
-        write_segmentation(result.segmentation, geometry, out_path)
+        prepared = self.read_case(paths, out_path)
+        case_id, geometry = prepared.case_id, prepared.geometry
+        result = self.predict_prepared(prepared, return_probabilities=save_probabilities,
+                                       return_uncertainty=save_uncertainty)
+        del prepared
+        info = self.write_result(case_id, geometry, result, out_path)
         info["seconds"] = round(time.monotonic() - t0, 3)
         return info
-
-
-class _MemberStore:
-    """Every ensemble member's probabilities (M, K, Z, Y, X) in a float16 file on disk (RAM stays
-    bounded), reduced slab by slab to the mean total-variation distance to the ensemble."""
-
-    def __init__(self, num_members: int, shape: tuple[int, ...]):
-        self._dir = tempfile.TemporaryDirectory(prefix="autoseg_members_")
-        self._store = np.lib.format.open_memmap(Path(self._dir.name) / "members.npy", mode="w+",
-                                                dtype=np.float16, shape=(num_members, *shape))
-        self._count = 0
-
-    def add(self, probs: np.ndarray) -> None:
-        self._store[self._count] = probs
-        self._count += 1
-
-    def uncertainty(self, mean: np.ndarray) -> np.ndarray:
-        """Mean over members of 0.5 * sum_k |p_m[k] - mean[k]|, float32 (Z, Y, X) in [0, 1]."""
-        if self._count != self._store.shape[0]:
-            raise RuntimeError(f"{self._count} of {self._store.shape[0]} ensemble members were stored")
-        out = np.zeros(mean.shape[1:], dtype=np.float32)
-        per_slice = max(1, int(np.prod(mean.shape[2:], dtype=np.int64)) * mean.shape[0])
-        step = max(1, _SLAB_VOXELS // per_slice)
-        for z in range(0, mean.shape[1], step):
-            ref = mean[:, z:z + step]
-            for m in range(self._count):
-                out[z:z + step] += np.abs(self._store[m, :, z:z + step].astype(np.float32) - ref).sum(axis=0)
-        out *= 0.5 / self._count
-        return np.clip(out, 0.0, 1.0, out=out)
-
-    def close(self) -> None:
-        del self._store
-        self._dir.cleanup()

@@ -24,7 +24,7 @@ from ..errors import AutosegError
 from ..preprocessing.preprocess import segmentation_to_preprocessed_grid
 from ..schemas import CaseProperties, ConfigurationPlan, DatasetManifest, Plans, TrainingSettings, load_json
 from ..workdir import Workdir
-from ..training.cascade import cascade_foreground_labels, one_hot_foreground
+from ..training.cascade import append_previous_stage
 from .export import (logits_to_original_probabilities, probabilities_to_segmentation, save_probabilities,
                      write_prediction)
 from .sliding_window import predict_sliding_window
@@ -138,10 +138,18 @@ def write_next_stage_segmentation(wd: Workdir, next_config: ConfigurationPlan, c
         raise AutosegError(f"case {case_id}: {props_path} does not exist, so its prediction cannot be put on the "
                            f"{next_config.name} grid; run `autoseg plan DATASET --workdir {wd.root}` (it "
                            f"preprocesses every configuration) and then this training command again.")
-    props = load_json(CaseProperties, props_path)
-    out = segmentation_to_preprocessed_grid(seg, props, next_config)
+    out = next_stage_segmentation(seg, load_json(CaseProperties, props_path), next_config)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_npy(out_path, out.astype(np.int8 if int(out.max(initial=0)) <= 127 else np.int16))
+    atomic_save_npy(out_path, out)
+
+
+def next_stage_segmentation(seg: np.ndarray, properties: CaseProperties, next_config: ConfigurationPlan) -> np.ndarray:
+    """``seg`` (Z, Y, X) at a case's original geometry -> int8 (int16 for labels > 127) ``(1, *S)`` on
+    ``next_config``'s preprocessed grid described by ``properties`` (crop box, resampled shape,
+    spacings): what ``predicted_next_stage/<case>_seg.npy`` holds, and what prediction feeds the
+    cascade for a new image (:mod:`autoseg.inference.cascade_predict`)."""
+    out = segmentation_to_preprocessed_grid(seg, properties, next_config)
+    return out.astype(np.int8 if int(out.max(initial=0)) <= 127 else np.int16)
 
 
 def _with_previous_stage(data: np.ndarray, segs: Mapping[str, Path], case_id: str,
@@ -157,8 +165,7 @@ def _with_previous_stage(data: np.ndarray, segs: Mapping[str, Path], case_id: st
         raise AutosegError(f"case {case_id}: {path} has shape {prev.shape}, expected (1, "
                            f"{', '.join(map(str, data.shape[1:]))}); delete it and re-run the "
                            f"{config.previous_stage} fold that validates this case to write it again.")
-    onehot = one_hot_foreground(prev[0], cascade_foreground_labels(config), dtype=np.float32)
-    return np.concatenate([data.astype(np.float32, copy=False), onehot])
+    return append_previous_stage(data, prev[0], config)
 
 
 def _current(path: Path, reference: Path) -> bool:

@@ -83,6 +83,16 @@ def one_hot_foreground(seg: np.ndarray, labels: Sequence[int], dtype: Any = np.f
     return out
 
 
+def append_previous_stage(data: np.ndarray, previous: np.ndarray, config: ConfigurationPlan) -> np.ndarray:
+    """The cascade's network input: ``data`` (C, *S) with the previous stage's one-hot foreground maps
+    appended, float32 (C + L, *S); ``previous`` is its label map (*S) on the same preprocessed grid.
+
+    Used alike by validation (the lowres folds' held-out files) and by prediction of new images.
+    """
+    onehot = one_hot_foreground(previous, cascade_foreground_labels(config), dtype=np.float32)
+    return np.concatenate([data.astype(np.float32, copy=False), onehot])
+
+
 def binary_morphology(mask: np.ndarray, operation: str, radius: float) -> np.ndarray:
     """``mask`` (bool, any dims) dilated / eroded / opened / closed by a ball of ``radius`` voxels.
 
