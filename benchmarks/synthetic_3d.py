@@ -4,7 +4,7 @@
     python benchmarks/synthetic_3d.py --budget 5m --out bench_out/synthetic
 
 Generates the demo dataset (30 cases of 20 × 64 × 64 voxels at 3 × 1 × 1 mm, two ellipsoid classes
-of different sizes, noise; autoseg/demo.py), runs `autoseg plan --time-budget BUDGET` and
+of different sizes, bias field and noise; autoseg/demo.py), runs `autoseg plan --time-budget BUDGET` and
 `autoseg train -c 3d_fullres --fold 0 --time-budget BUDGET`, and writes OUT/result.json and
 OUT/result.md with the validation Dice per class, seconds per iteration, wall times and peak memory.
 Exit code 1 if the mean foreground Dice is below --min-dice (default 0.9).

@@ -4,8 +4,10 @@
 ``ROOT/labelsTr/<case><ending>`` (and ``ROOT/imagesTs/`` on request). Each case holds one "body"
 (a large ellipsoid of background tissue; outside it the image is exactly 0, so crop-to-nonzero has
 something to crop) and one ellipsoid per foreground label at a random position, with a distinct
-intensity per label and channel plus Gaussian noise. Label k+1 is smaller than label k, and the
-objects do not overlap, so every case contains every label and label 1 has the most voxels.
+intensity per label and channel plus Gaussian noise. Label k+1 is smaller than label k (radius x 0.7,
+about a third of the volume), and the objects do not overlap, so every case contains every label and
+label 1 has the most voxels. ``bias_field_strength`` > 0 multiplies each case's intensities by a
+smooth random field (MRI-like intensity inhomogeneity) before the noise is added.
 
 Geometry is consistent within a case: ITK spacing is ``spacing_zyx`` reversed, the origin is non-zero
 (except for PNG/TIFF/BMP, which cannot store an origin) and the direction is the identity.
@@ -54,8 +56,28 @@ def _place(rng: np.random.Generator, shape: np.ndarray, radii: np.ndarray,
     return center
 
 
+def bias_field(rng: np.random.Generator, shape: tuple[int, int, int], strength: float) -> np.ndarray:
+    """A smooth multiplicative field (Z, Y, X) with values in [exp(-strength), exp(strength)].
+
+    exp of a random quadratic polynomial of the normalized coordinates (-1..1 per axis; axes of
+    length 1 are constant), centred on 0 and scaled so that its largest magnitude is ``strength``:
+    the slowly varying intensity inhomogeneity of MRI coils, without any sharp edge.
+    """
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1.0, 1.0, n) if n > 1 else np.zeros(1) for n in shape],
+                             indexing="ij", sparse=True)
+    terms = [zz, yy, xx, zz * yy, zz * xx, yy * xx, zz ** 2, yy ** 2, xx ** 2]
+    coefficients = rng.normal(0.0, 1.0, len(terms))
+    log_field = sum(c * t for c, t in zip(coefficients, terms)) + np.zeros(shape)
+    log_field -= log_field.mean()
+    peak = float(np.abs(log_field).max())
+    if peak > 0:
+        log_field *= strength / peak
+    return np.exp(log_field)
+
+
 def _make_case(rng: np.random.Generator, shape: tuple[int, int, int], spacing_zyx: np.ndarray,
-               n_channels: int, n_labels: int, flat: bool, offset: float) -> tuple[np.ndarray, np.ndarray]:
+               n_channels: int, n_labels: int, flat: bool, offset: float,
+               bias_strength: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """One case: image (C, Z, Y, X) float32 and label (Z, Y, X) uint8. ``flat``: 2D (Z == 1)."""
     shp = np.array(shape, dtype=float)
     extent_mm = shp * spacing_zyx
@@ -82,6 +104,8 @@ def _make_case(rng: np.random.Generator, shape: tuple[int, int, int], spacing_zy
     image = np.zeros((n_channels, *shape), dtype=np.float32)
     for c in range(n_channels):
         values = BODY + LABEL_STEP * label * (1.0 + 0.5 * c)
+        if bias_strength > 0:  # drawn only when asked for, so datasets without it stay unchanged
+            values = values * bias_field(rng, shape, bias_strength)
         noisy = values + rng.normal(0.0, NOISE, shape)
         image[c] = np.where(body | (label > 0), noisy + offset, 0.0)
     return image, label
@@ -92,15 +116,19 @@ def make_synthetic_dataset(root: str | Path, *, ndim: int = 3, n_cases: int = 6,
                            spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
                            n_channels: int = 1, n_labels: int = 2, file_ending: str = ".nii.gz",
                            channel_names: Sequence[str] | None = None, seed: int = 0, rgb: bool = False,
-                           with_test_cases: int = 0, intensity_offset: float = 0.0) -> Path:
+                           with_test_cases: int = 0, intensity_offset: float = 0.0,
+                           bias_field_strength: float = 0.0, test_labels: bool = False) -> Path:
     """Write a valid nnU-Net-layout dataset of ``n_cases`` training cases at ``root``; return ``root``.
 
     ``shape`` and ``spacing_zyx`` (mm) are in array order (Z, Y, X); for ``ndim=2`` pass (Y, X) (a
     leading third value is ignored). ``n_labels`` foreground labels (plus background 0);
     ``n_channels`` scalar files per case, or with ``rgb=True`` (PNG/TIFF/BMP, 2D only) one RGB file
     per case declared as channels R, G, B. ``channel_names`` defaults to "MRI", "CT", ...
-    ``with_test_cases`` extra cases go to imagesTs/ (images only). ``intensity_offset`` is added to
-    every voxel inside the body. PNG/BMP intensities are clipped to 0..255.
+    ``with_test_cases`` extra cases go to imagesTs/ (images only; with ``test_labels`` also their
+    reference labels in labelsTs/, for evaluating held-out predictions). ``intensity_offset`` is added
+    to every voxel inside the body. ``bias_field_strength`` s > 0: each channel of each case is
+    multiplied by a smooth random field in [exp(-s), exp(s)] (see :func:`bias_field`) before the
+    noise. PNG/BMP intensities are clipped to 0..255.
     """
     if ndim not in (2, 3):
         raise ValueError(f"ndim must be 2 or 3, got {ndim}")
@@ -109,6 +137,8 @@ def make_synthetic_dataset(root: str | Path, *, ndim: int = 3, n_cases: int = 6,
     if rgb and file_ending not in NATURAL_IMAGE_ENDINGS:
         raise ValueError(f"rgb=True needs a 2D natural-image format {NATURAL_IMAGE_ENDINGS}, "
                          f"got {file_ending}")
+    if not 0.0 <= bias_field_strength <= 2.0:
+        raise ValueError(f"bias_field_strength must be 0..2 (log of the largest factor), got {bias_field_strength}")
     if not 1 <= n_labels <= 250:
         raise ValueError(f"n_labels must be 1..250, got {n_labels}")
     root = Path(root)
@@ -134,7 +164,7 @@ def make_synthetic_dataset(root: str | Path, *, ndim: int = 3, n_cases: int = 6,
     for i in range(n_cases + with_test_cases):
         cid = case_id(i)
         image, label = _make_case(rng, shape3, spacing_arr, n_img_channels, n_labels, ndim == 2,
-                                  intensity_offset)
+                                  intensity_offset, bias_field_strength)
         if natural:
             image = np.clip(image, 0, 255)
         folder = root / ("imagesTr" if i < n_cases else "imagesTs")
@@ -145,8 +175,9 @@ def make_synthetic_dataset(root: str | Path, *, ndim: int = 3, n_cases: int = 6,
                                        geometry.direction, 1)
             for c in range(n_channels):
                 write_image(image[c:c + 1], scalar_geometry, folder / f"{cid}_{c:04d}{file_ending}")
-        if i < n_cases:
-            write_segmentation(label, geometry, root / "labelsTr" / f"{cid}{file_ending}")
+        if i < n_cases or test_labels:
+            write_segmentation(label, geometry, root / ("labelsTr" if i < n_cases else "labelsTs")
+                               / f"{cid}{file_ending}")
 
     labels = {"background": 0, **{f"label_{k}": k for k in range(1, n_labels + 1)}}
     dataset_json = {"channel_names": {str(c): name for c, name in enumerate(channel_names)},
