@@ -106,7 +106,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                    "predict the fold's held-out cases at full resolution. Re-running the "
                                    "same command after a crash continues from the latest checkpoint.")
     p.add_argument("--workdir", required=True, help="work folder made by `autoseg plan`")
-    p.add_argument("-c", "--configuration", required=True, help="2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres")
+    p.add_argument("-c", "--configuration", default=None,
+                   help="2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres (default: every planned configuration, "
+                        "one after the other, 3d_lowres before 3d_cascade_fullres; --time-budget then applies "
+                        "to each)")
     p.add_argument("--fold", required=True, help="0..4, or 'all' (train on every case)")
     p.add_argument("--epochs", type=int, default=None, help="number of epochs (default 1000, or sized "
                    "from the time budget)")
@@ -144,13 +147,37 @@ def _cmd_train(args: argparse.Namespace) -> int:
                  "foreground_oversample_fraction": args.oversample_fraction, "device": args.device,
                  "precision": args.precision, "time_budget_s": args.time_budget,
                  "num_workers": args.num_workers, "checkpoint_every_s": args.checkpoint_every}
-    _, summary = train_fold(args.workdir, args.configuration, fold, overrides=overrides,
-                            progress=not args.no_progress, validate=not args.no_validation)
-    if summary is not None:
-        from .evaluation import format_table
+    configurations = [args.configuration] if args.configuration else planned_in_training_order(args.workdir)
+    for name in configurations:
+        if len(configurations) > 1:
+            print(f"== {name} fold {fold} ({configurations.index(name) + 1} of {len(configurations)} "
+                  f"configurations: {', '.join(configurations)})", flush=True)
+        _, summary = train_fold(args.workdir, name, fold, overrides=overrides,
+                                progress=not args.no_progress, validate=not args.no_validation)
+        if summary is not None:
+            from .evaluation import format_table
 
-        print(format_table(summary))
+            print(format_table(summary))
     return 0
+
+
+def planned_in_training_order(workdir: str) -> list[str]:
+    """Every configuration of plans.json, each after the stage it takes its input from."""
+    from .pipeline import load_plans
+
+    configs = load_plans(workdir).configurations
+    order: list[str] = []
+
+    def add(name: str) -> None:
+        prev = configs[name].previous_stage
+        if prev and prev in configs and prev not in order:
+            add(prev)
+        if name not in order:
+            order.append(name)
+
+    for name in configs:
+        add(name)
+    return order
 
 
 # --------------------------------------------------------------------------- find-best
@@ -353,9 +380,47 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- benchmark
+
+BENCHMARK_SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "baseline.py"
+
+
+def _add_benchmark(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("benchmark", help="autoseg beside nnU-Net v2 on one dataset (source checkout only)",
+                       description="Runs benchmarks/baseline.py of the source repository: autoseg and nnU-Net "
+                                   "v2 (in its own virtual environment, made on first use) on the same folds "
+                                   "with the same budget per training, then select and predict; writes a "
+                                   "markdown + JSON report. See benchmarks/README.md.")
+    p.add_argument("dataset", help="raw dataset folder DatasetXXX_Name (nnU-Net v2 layout)")
+    p.add_argument("--budget", required=True, help="wall-clock budget of each training, e.g. 5m")
+    p.add_argument("--quick", action="store_true", help="one fold of one configuration")
+    p.add_argument("--out", default=None, help="output folder (default: bench_out/baseline/<dataset>[_quick])")
+    p.add_argument("--skip-nnunet", action="store_true", help="autoseg only")
+    p.add_argument("--predict-cases", type=int, default=None, metavar="N", help="cases for the prediction timings")
+    p.set_defaults(func=_cmd_benchmark)
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    if not BENCHMARK_SCRIPT.is_file():
+        raise AutosegError(f"{BENCHMARK_SCRIPT} not found: the benchmark harness ships with the source repository, "
+                           f"not with an installed package; clone the repository and run `autoseg benchmark` "
+                           f"(or `python benchmarks/baseline.py`) from there")
+    cmd = [sys.executable, str(BENCHMARK_SCRIPT), "--dataset", args.dataset, "--budget", args.budget]
+    cmd += ["--quick"] * args.quick + ["--skip-nnunet"] * args.skip_nnunet
+    cmd += ["--out", args.out] if args.out else []
+    cmd += ["--predict-cases", str(args.predict_cases)] if args.predict_cases else []
+    exe = shutil.which("autoseg", path=str(Path(sys.executable).parent))  # this environment's autoseg
+    cmd += ["--autoseg", exe] if exe else []
+    return subprocess.call(cmd)
+
+
 # --------------------------------------------------------------------------- main
 
-_ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_train, _add_find_best, _add_predict, _add_evaluate, _add_demo]
+_ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_train, _add_find_best, _add_predict, _add_evaluate, _add_demo,
+                                                                 _add_benchmark]
 
 
 def build_parser() -> argparse.ArgumentParser:
