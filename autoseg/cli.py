@@ -101,7 +101,8 @@ def _fmt(values: Sequence[float]) -> str:
 # --------------------------------------------------------------------------- train
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train one configuration on one fold (resumes by itself)",
+    p = sub.add_parser("train",
+                       help="train one fold of one configuration, or of every planned one (resumes by itself)",
                        description="Train a U-Net for one configuration and fold from plans.json, then "
                                    "predict the fold's held-out cases at full resolution. Re-running the "
                                    "same command after a crash continues from the latest checkpoint.")
