@@ -164,21 +164,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def planned_in_training_order(workdir: str) -> list[str]:
     """Every configuration of plans.json, each after the stage it takes its input from."""
+    from .inference.cascade_predict import stage_order
     from .pipeline import load_plans
 
-    configs = load_plans(workdir).configurations
-    order: list[str] = []
-
-    def add(name: str) -> None:
-        prev = configs[name].previous_stage
-        if prev and prev in configs and prev not in order:
-            add(prev)
-        if name not in order:
-            order.append(name)
-
-    for name in configs:
-        add(name)
-    return order
+    plans = load_plans(workdir)
+    return stage_order(plans, list(plans.configurations))
 
 
 # --------------------------------------------------------------------------- find-best
