@@ -267,7 +267,12 @@ def _mean(values: Sequence[Any]) -> float | None:
     return round(sum(nums) / len(nums), 4) if nums else None
 
 
-def _row(quantity: str, a: Any, n: Any, with_ratio: bool = True) -> dict[str, Any]:
+MIN_DICE_FOR_RATIO = 0.1  # a ratio to a Dice near 0 (an untrained network) says nothing
+
+
+def _row(quantity: str, a: Any, n: Any, with_ratio: bool = True, dice: bool = False) -> dict[str, Any]:
+    if dice and isinstance(n, (int, float)) and n < MIN_DICE_FOR_RATIO:
+        with_ratio = False
     return {"quantity": quantity, "autoseg": a, "nnunet": n, "ratio": ratio(a, n) if with_ratio else None}
 
 
@@ -309,15 +314,15 @@ def build_report(r: dict[str, Any]) -> dict[str, Any]:
         nt = next((t for t in n_folds if t["fold"] == f), {})
         for k in labels:
             dice_rows.append(_row(f"fold {f}: {names.get(k, k)} (label {k})", at.get("dice_per_class", {}).get(k),
-                                  nt.get("dice_per_class", {}).get(k)))
-        dice_rows.append(_row(f"fold {f}: mean foreground", at.get("dice_mean"), nt.get("dice_mean")))
+                                  nt.get("dice_per_class", {}).get(k), dice=True))
+        dice_rows.append(_row(f"fold {f}: mean foreground", at.get("dice_mean"), nt.get("dice_mean"), dice=True))
     if len(folds) > 1:
         for k in labels:
             dice_rows.append(_row(f"mean over folds: {names.get(k, k)}",
                                   _mean([t.get("dice_per_class", {}).get(k) for t in a_folds]),
-                                  _mean([t.get("dice_per_class", {}).get(k) for t in n_folds])))
+                                  _mean([t.get("dice_per_class", {}).get(k) for t in n_folds]), dice=True))
         dice_rows.append(_row("mean over folds: mean foreground", _mean([t.get("dice_mean") for t in a_folds]),
-                              _mean([t.get("dice_mean") for t in n_folds])))
+                              _mean([t.get("dice_mean") for t in n_folds]), dice=True))
     tables[f"validation Dice {config} (each tool's own final validation, same splits)"] = dice_rows
     other = [t for t in r.get("autoseg_train", []) if t["configuration"] != config]
     if other:
@@ -329,8 +334,9 @@ def build_report(r: dict[str, Any]) -> dict[str, Any]:
     tables["selection (cross-validation of the trained folds)"] = [
         _row("winner", a_sel.get("winner"), n_sel.get("winner"), False),
         _row("mean foreground Dice before postprocessing", a_sel.get("dice_before_postprocessing"),
-             n_sel.get("dice_before_postprocessing")),
-        _row("after postprocessing", a_sel.get("dice_after_postprocessing"), n_sel.get("dice_after_postprocessing")),
+             n_sel.get("dice_before_postprocessing"), dice=True),
+        _row("after postprocessing", a_sel.get("dice_after_postprocessing"), n_sel.get("dice_after_postprocessing"),
+             dice=True),
         _row("postprocessing accepted", ", ".join(a_sel.get("postprocessing", [])) or "none", None, False),
         _row("wall time (s)", a_sel.get("seconds"), n_sel.get("seconds"))]
     pred_rows = []
@@ -397,7 +403,7 @@ def format_markdown(report: dict[str, Any]) -> str:
                  else ""),
               "- Memory: peak of the summed RSS of each command's whole process tree, sampled every 0.5 s.",
               "- Ratios: autoseg / nnU-Net (below 1: autoseg is faster or lighter; above 1 for Dice: better); "
-              "none against a Dice of ~0.", "", "Commands:", "", "```"]
+              f"none against a Dice below {MIN_DICE_FOR_RATIO} (a network that has not learnt yet).", "", "Commands:", "", "```"]
     lines += [f"$ {c}" for c in report["commands"]] + ["```", ""]
     return "\n".join(lines)
 

@@ -121,3 +121,9 @@ def test_published_numbers_match_by_name_and_none_for_unknown():
     assert published.published_for("Dataset999_Unknown") == []
     assert all({"method", "metric", "value", "status", "source"} <= set(r)
                for e in published.PUBLISHED for r in e["rows"])
+
+
+def test_no_dice_ratio_against_an_untrained_network():
+    assert bl._row("Dice", 0.8, 0.03, dice=True)["ratio"] is None
+    assert bl._row("Dice", 0.8, 0.4, dice=True)["ratio"] == pytest.approx(2.0)
+    assert bl._row("s/it", 0.8, 0.03)["ratio"] == pytest.approx(26.667, abs=1e-3)
