@@ -204,30 +204,3 @@ def test_read_only_memmap_input(tmp_path, recwarn):
     out = predict_sliding_window(model, mm, (4, 4, 4), 2, mirror_axes=None)
     torch.testing.assert_close(out, _full(model, data), rtol=1e-5, atol=1e-5)
     assert not [w for w in recwarn if "not writable" in str(w.message)]
-
-
-def test_batched_mirror_copies_equal_one_at_a_time():
-    """Stacking the mirror copies into one forward pass changes nothing: a U-Net with instance norm
-    (per-sample statistics) and a deep-supervision head, several tiles per batch, two models."""
-    from autoseg.inference import sliding_window as sw
-    from autoseg.schemas import NetworkSpec
-    from autoseg.training.network import build_network
-
-    def net(deep_supervision: bool) -> torch.nn.Module:
-        spec = NetworkSpec(dims=3, in_channels=1, num_classes=3, features_per_stage=[4, 8],
-                           kernel_sizes=[[3, 3, 3], [3, 3, 3]], strides=[[1, 1, 1], [2, 2, 2]],
-                           n_conv_per_stage_encoder=[1, 1], n_conv_per_stage_decoder=[1],
-                           deep_supervision=deep_supervision)
-        return build_network(spec).eval()
-
-    torch.manual_seed(0)
-    models = [net(True), net(False)]
-    batch = torch.randn(3, 1, 8, 8, 8)
-    flips = sw._mirror_combinations((0, 1, 2), 3, offset=2)
-    with torch.no_grad():
-        one = sw._forward(models, batch, flips, max_voxels=1)
-        stacked = sw._forward(models, batch, flips, max_voxels=10**9)
-        partly = sw._forward(models, batch, flips, max_voxels=3 * 8 ** 3 * 3)  # 3 copies per pass
-    torch.testing.assert_close(stacked, one, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(partly, one, rtol=1e-4, atol=1e-5)
-    assert one.shape == (3, 3, 8, 8, 8)

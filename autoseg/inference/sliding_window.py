@@ -111,37 +111,20 @@ def _mirror_combinations(mirror_axes: Sequence[int] | None, patch_ndim: int,
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
 
-# Mirror copies of a tile batch are stacked into one forward pass while the stacked input stays
-# under this many voxels: batch-1 forwards of small patches leave most of a CPU's (or GPU's) width
-# unused, and an instance-normalised network gives each sample the same output whatever its batch.
-MIRROR_BATCH_VOXELS = 1 << 21
-
-
 def _forward(models: list[torch.nn.Module], batch: torch.Tensor,
-             flips: list[tuple[int, ...]], max_voxels: int = MIRROR_BATCH_VOXELS) -> torch.Tensor:
-    """Mean logits over models and mirror combinations for a (B, C, *patch) batch, float32.
-
-    Mirror combinations are stacked along the batch axis, as many per forward pass as keep the
-    stacked input under ``max_voxels`` spatial voxels (at least one).
-    """
-    n = int(batch.shape[0])
-    voxels = n * int(np.prod(batch.shape[2:]))
-    group = max(1, min(len(flips), int(max_voxels) // max(1, voxels)))
+             flips: list[tuple[int, ...]]) -> torch.Tensor:
+    """Mean logits over models and mirror combinations for a (B, C, *patch) batch, float32."""
     total: torch.Tensor | None = None
     for model in models:
-        for start in range(0, len(flips), group):
-            chunk = flips[start:start + group]
-            x = torch.cat([torch.flip(batch, axes) if axes else batch for axes in chunk]) if len(chunk) > 1 \
-                else (torch.flip(batch, chunk[0]) if chunk[0] else batch)
+        for axes in flips:
+            x = torch.flip(batch, axes) if axes else batch
             out = model(x)
             if isinstance(out, (list, tuple)):  # deep supervision left on: full resolution first
                 out = out[0]
             out = out.float()
-            for j, axes in enumerate(chunk):
-                part = out[j * n:(j + 1) * n]
-                if axes:
-                    part = torch.flip(part, axes)
-                total = part.clone() if total is None else total + part
+            if axes:
+                out = torch.flip(out, axes)
+            total = out if total is None else total + out
     assert total is not None  # models is non-empty (checked by the caller)
     return total / (len(models) * len(flips))
 
