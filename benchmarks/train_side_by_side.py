@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +28,8 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import nnunet_baseline  # noqa: E402
-from bench_common import (EXIT_FAILED, BenchError, check_dataset, dice_from_summary, machine_info,  # noqa: E402
-                          parse_duration, read_json, require_success, run_monitored, write_json)
+from bench_common import (EXIT_FAILED, BenchError, check_dataset, machine_info, parse_duration,  # noqa: E402
+                          read_json, write_json)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -114,52 +113,24 @@ def autoseg_versions(exe: list[str]) -> dict[str, str]:
 
 def run_autoseg(args: argparse.Namespace, dataset: Path, out: Path) -> dict[str, Any]:
     """Plan and train with autoseg, measured; writes and returns OUT/autoseg_result.json."""
-    exe = [args.autoseg] if Path(args.autoseg).exists() else [sys.executable, "-m", "autoseg.cli"]
-    work = out / "autoseg"
-    plan_cmd = exe + ["plan", str(dataset), "--workdir", str(work), "--time-budget", args.budget, "--no-progress"]
-    if (work / "plans.json").exists():
-        plan_cmd.append("--overwrite")  # a fresh measurement, not a no-op on current outputs
-    print(f"[autoseg] plan {dataset.name}", flush=True)
-    plan = run_monitored(plan_cmd, out / "logs" / "autoseg_plan.log", label="autoseg plan", cwd=REPO)
-    require_success(plan, "autoseg plan")
+    import baseline  # the plan and train steps of the whole-pipeline benchmark (imports this module)
+
+    work, logs = out / "autoseg", out / "logs"
+    plan = baseline.autoseg_plan(args, dataset, work, logs)
     plans = read_json(work / "plans.json")
     config = choose_configuration(plans, args.configuration)
-    fold_dir = work / "results" / config / f"fold_{args.fold}"
-    if fold_dir.exists():  # autoseg resumes by itself: remove the earlier run to measure a fresh one
-        shutil.rmtree(fold_dir)
-    train_cmd = exe + ["train", "--workdir", str(work), "-c", config, "--fold", str(args.fold),
-                       "--time-budget", args.budget, "--no-progress"]
-    print(f"[autoseg] train {config} fold {args.fold} for {args.budget}", flush=True)
-    train = run_monitored(train_cmd, out / "logs" / "autoseg_train.log", label="autoseg train", cwd=REPO)
-    require_success(train, "autoseg train")
-    summary_path = fold_dir / "validation" / "summary.json"
-    if not summary_path.exists():
-        raise BenchError(f"autoseg train finished but {summary_path} is missing; see {train.log}",
-                         exit_code=EXIT_FAILED)
-    summary = read_json(summary_path)
-    settings = read_json(fold_dir / "train_settings.json")
-    stats = autoseg_training_stats(read_jsonl(fold_dir / "training_log.jsonl"), settings["iterations_per_epoch"])
-    per_class, mean = dice_from_summary(summary)
+    train = baseline.autoseg_train(args, work, logs, config, args.fold)
     result = {
-        "tool": "autoseg", "versions": autoseg_versions(exe), "dataset": dataset.name,
-        "dataset_path": str(dataset), "configuration": config,
-        "fold": args.fold, "budget": args.budget, "budget_s": parse_duration(args.budget),
+        "tool": "autoseg", "versions": autoseg_versions(baseline.autoseg_exe(args)), "dataset": dataset.name,
+        "dataset_path": str(dataset), "budget": args.budget, "budget_s": parse_duration(args.budget),
         "splits_file": str(work / "splits.json"),
-        "plan_seconds": plan.seconds, "plan_peak_rss_mb": plan.peak_rss_mb, "plan_peak_pss_mb": plan.peak_pss_mb,
-        "train_seconds": train.seconds, "train_peak_rss_mb": train.peak_rss_mb,
-        "train_peak_pss_mb": train.peak_pss_mb, **stats,
-        "iterations_per_epoch": settings["iterations_per_epoch"],
-        "validation_seconds": round(sum(summary.get("seconds_per_case", {}).values()), 1) or None,
-        "validation_cases": summary.get("num_cases"),
-        "dice_per_class": per_class, "dice_mean": mean,
-        "label_names": {k: v.get("name", k) for k, v in summary.get("per_class", {}).items()},
-        "plan": autoseg_plan_summary(plans, config, settings),
-        "commands": [" ".join(plan_cmd), " ".join(train_cmd)],
-        "logs": {"plan": plan.log, "train": train.log}, "machine": machine_info(),
+        "plan_seconds": plan["seconds"], "plan_peak_rss_mb": plan["peak_rss_mb"],
+        "plan_peak_pss_mb": plan["peak_pss_mb"],
+        **{k: v for k, v in train.items() if k not in ("command", "log")},
+        "commands": [plan["command"], train["command"]],
+        "logs": {"plan": plan["log"], "train": train["log"]}, "machine": machine_info(),
     }
     write_json(out / "autoseg_result.json", result)
-    print(f"[autoseg] done: Dice mean {mean}, {stats['iterations_done']} iterations, "
-          f"training {train.seconds:.0f} s, peak {train.peak_rss_mb:.0f} MB", flush=True)
     return result
 
 
