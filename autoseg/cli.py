@@ -344,7 +344,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .usecases.demo import run_demo
 
     def report(line: str) -> None:
         print(line, flush=True)

@@ -14,8 +14,7 @@ import logging
 import math
 import os
 import re
-import statistics
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import AutosegError, unknown_name_error
@@ -24,6 +23,15 @@ from .schemas import HardwareBudget
 logger = logging.getLogger(__name__)
 
 GB = float(2**30)
+
+
+@dataclass(frozen=True)
+class CpuSpeed:
+    """Measured training throughput of this CPU (``autoseg.training.speed_probe.measure_cpu_speed``)."""
+
+    conv_gflops: float | None = None  # one fp32 3D convolution, forward + backward
+    unet_gflops: dict[str, float] = field(default_factory=dict)  # {"2d": GFLOP/s, "3d": GFLOP/s}, best precision
+    unet_precision: dict[str, str] = field(default_factory=dict)  # {"2d": "fp32"|"bf16", ...}
 KNOWN_DEVICES = ("cpu", "cuda")
 # A cgroup memory limit at or above this is "no limit" (cgroup v1 reports ~2**63 when unlimited).
 _NO_LIMIT_BYTES = 2**60
@@ -151,107 +159,6 @@ def cpu_has_bf16(cpuinfo: Path = _CPUINFO) -> bool:
     return False
 
 
-def measure_cpu_conv_gflops(threads: int, *, max_seconds: float = 2.5) -> float:
-    """Measured fp32 3D-convolution throughput of this CPU in GFLOP/s (forward + backward).
-
-    Times a conv (batch 2, 16 -> 16 channels, 32^3 voxels, kernel 3, padding 1) with ``threads``
-    torch threads: one warm-up, then up to 3 timed repetitions within ``max_seconds``. FLOPs are
-    analytic: 2 * 3^3 * 16 * 16 * voxels per forward, times 3 for forward + backward (input and
-    weight gradients). torch's thread count is restored afterwards.
-    """
-    import torch
-
-    batch, cin, cout, size, k = 2, 16, 16, 32, 3
-    flop = 3 * 2.0 * k**3 * cin * cout * batch * size**3
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads))
-    try:
-        gen = torch.Generator().manual_seed(0)
-        conv = torch.nn.Conv3d(cin, cout, k, padding=1, bias=False)
-        x = torch.randn(batch, cin, size, size, size, generator=gen, requires_grad=True)
-
-        def step() -> float:
-            t0 = time.perf_counter()
-            conv.zero_grad(set_to_none=True)
-            x.grad = None
-            conv(x).sum().backward()
-            return time.perf_counter() - t0
-
-        start = time.perf_counter()
-        warm = step()
-        times: list[float] = []
-        # Stop early on a slow machine so detection never takes much more than max_seconds.
-        while len(times) < 3 and (not times or time.perf_counter() - start + warm < max_seconds):
-            times.append(step())
-    finally:
-        torch.set_num_threads(old_threads)
-    seconds = statistics.median(times)
-    return flop / max(seconds, 1e-9) / 1e9
-
-
-# Reference networks for the U-Net probe: small plans of the kind a CPU planner produces.
-_PROBE_SPECS = {
-    "3d": dict(dims=3, features=[16, 32, 64, 128], patch=[40, 48, 40], batch=2),
-    "2d": dict(dims=2, features=[16, 32, 64, 128, 256], patch=[160, 160], batch=4),
-}
-
-
-def measure_cpu_unet_gflops(threads: int, *, bf16: bool, repetitions: int = 2
-                            ) -> tuple[dict[str, float], dict[str, str]]:
-    """Effective GFLOP/s of whole U-Net training steps (forward, Dice+CE, backward, SGD) on this CPU.
-
-    A single convolution is a poor predictor here: oneDNN's speed depends strongly on the shape
-    (19 to 110 GFLOP/s for nearly the same work on one 2-core EPYC), and norms, activations, loss
-    and optimizer add time. So a small reference U-Net per dimensionality is timed with autoseg's
-    own network and loss (best of ``repetitions`` steps after a warm-up), in fp32 and, when the CPU
-    has native bf16, in bf16, and the analytic conv FLOPs of the step (the planner's own estimate)
-    are divided by the best time. Returns ({"2d": GFLOP/s, "3d": GFLOP/s}, {"2d": precision, ...}).
-    """
-    import torch
-
-    from .planning.memory import gflop_per_iteration
-    from .schemas import NetworkSpec
-    from .training.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
-    from .training.network import build_network
-
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads))
-    rates: dict[str, float] = {}
-    precisions: dict[str, str] = {}
-    try:
-        for key, p in _PROBE_SPECS.items():
-            n = len(p["features"])
-            spec = NetworkSpec(dims=p["dims"], in_channels=1, num_classes=3, features_per_stage=p["features"],
-                               kernel_sizes=[[3] * p["dims"]] * n,
-                               strides=[[1] * p["dims"]] + [[2] * p["dims"]] * (n - 1),
-                               n_conv_per_stage_encoder=[2] * n, n_conv_per_stage_decoder=[2] * (n - 1))
-            torch.manual_seed(0)
-            net = build_network(spec)
-            opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
-            loss = DeepSupervisionLoss(DiceCELoss(batch_dice=True), deep_supervision_weights(n - 1))
-            x = torch.randn(p["batch"], 1, *p["patch"])
-            targets = [torch.randint(0, 3, (p["batch"], 1, *o.shape[2:])) for o in net(x)]
-            flop = gflop_per_iteration(spec, p["patch"], p["batch"])
-            for precision in (["fp32", "bf16"] if bf16 else ["fp32"]):
-                def step() -> float:
-                    t0 = time.perf_counter()
-                    opt.zero_grad(set_to_none=True)
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                        out = net(x)
-                    loss([o.float() for o in out], targets).backward()
-                    opt.step()
-                    return time.perf_counter() - t0
-
-                step()
-                best = min(step() for _ in range(max(1, repetitions)))
-                rate = flop / max(best, 1e-9)
-                if rate > rates.get(key, 0.0):
-                    rates[key], precisions[key] = round(rate, 1), precision
-    finally:
-        torch.set_num_threads(old_threads)
-    return rates, precisions
-
-
 # --------------------------------------------------------------------------- detection
 
 def _validate_device(device: str) -> str:
@@ -262,8 +169,22 @@ def _validate_device(device: str) -> str:
     return d
 
 
+def resolve_device(device: str | None, gpu_memory_gb: float | None = None) -> str:
+    """"cpu" or "cuda": what :func:`detect_hardware` will plan for with these flags (nothing measured)."""
+    if gpu_memory_gb is not None:
+        return "cuda"
+    if device is not None:
+        return _validate_device(device)
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except (ImportError, RuntimeError):
+        return "cpu"
+
+
 def detect_hardware(*, device: str | None = None, gpu_memory_gb: float | None = None,
-                    time_budget_s: float | None = None, measure_cpu: bool = True,
+                    time_budget_s: float | None = None, cpu_speed: "CpuSpeed | None" = None,
                     cpu_gflops: float | None = None) -> HardwareBudget:
     """Detect what this machine offers (or what the user says to plan for) as a HardwareBudget.
 
@@ -271,8 +192,8 @@ def detect_hardware(*, device: str | None = None, gpu_memory_gb: float | None = 
     gpu_memory_gb: plan for a GPU with this much memory (GB = 2**30 bytes); implies "cuda" and
         works on machines without a GPU. Recorded in ``overrides`` like ``device``.
     time_budget_s: wall-clock seconds per training, stored as ``training_time_budget_s``.
-    measure_cpu: time a small 3D convolution (< ~3 s) to fill ``cpu_conv_gflops`` when the
-        device is "cpu"; it stays None on "cuda".
+    cpu_speed: this CPU's measured training throughput (``autoseg.training.speed_probe``), used when
+        the device is "cpu"; detection itself measures nothing. ``cpu_gflops`` (the user's figure) wins.
     """
     overrides: dict[str, str] = {}
     if device is not None:
@@ -330,12 +251,9 @@ def detect_hardware(*, device: str | None = None, gpu_memory_gb: float | None = 
         unet_rates = {"2d": float(cpu_gflops), "3d": float(cpu_gflops)}
         unet_precisions = {"2d": "given", "3d": "given"}
         overrides["--cpu-gflops"] = f"{cpu_gflops:g}"
-    elif resolved == "cpu" and measure_cpu:
-        try:
-            gflops = round(measure_cpu_conv_gflops(cores), 2)
-            unet_rates, unet_precisions = measure_cpu_unet_gflops(cores, bf16=cpu_has_bf16())
-        except ImportError:
-            logger.warning("torch is not importable; CPU convolution throughput not measured")
+    elif resolved == "cpu" and cpu_speed is not None:
+        gflops = cpu_speed.conv_gflops
+        unet_rates, unet_precisions = dict(cpu_speed.unet_gflops), dict(cpu_speed.unet_precision)
     budget = HardwareBudget(
         device=resolved, gpu_name=gpu_name,
         gpu_total_memory_gb=None if gpu_total is None else round(gpu_total, 3),

@@ -132,7 +132,7 @@ def plan_dataset(dataset_dir: str | Path, workdir: str | Path, *, planner: str =
     Nothing is written to ``workdir`` when the dataset check fails.
     """
     from .data.dataset import load_dataset
-    from .hardware import detect_hardware
+    from .hardware import detect_hardware, resolve_device
     from .planning.registry import get_planner
     from .preprocessing.preprocess import preprocess_dataset
 
@@ -146,8 +146,13 @@ def plan_dataset(dataset_dir: str | Path, workdir: str | Path, *, planner: str =
     wd.root.mkdir(parents=True, exist_ok=True)
     save_json(manifest, wd.manifest_json)
     fp = _fingerprint(manifest, wd, num_workers=num_workers, progress=progress, overwrite=overwrite)
+    speed = None
+    if measure_cpu and cpu_gflops is None and resolve_device(device, gpu_memory_gb) == "cpu":
+        from .training.speed_probe import measure_cpu_speed
+
+        speed = measure_cpu_speed()
     budget = detect_hardware(device=device, gpu_memory_gb=gpu_memory_gb, time_budget_s=time_budget_s,
-                             measure_cpu=measure_cpu, cpu_gflops=cpu_gflops)
+                             cpu_speed=speed, cpu_gflops=cpu_gflops)
     plans = _plans(fp, budget, planner, wd, overwrite=overwrite)
     from .planning.explain import explain_plans
     from .atomic import atomic_write_text
@@ -273,7 +278,7 @@ def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides:
     state = trainer.fit()
     summary = None
     if validate:
-        from .inference.validation import validate_fold
+        from .training.validation import validate_fold
 
         summary = validate_fold(wd, plans, config, settings, trainer.network, val_ids,
                                 load_manifest(wd.root), progress=progress, precision=state.precision,
@@ -345,7 +350,8 @@ def _require_previous_stage(wd: Workdir, plans: Plans, config: ConfigurationPlan
     Every file must exist; else AutosegError naming the missing files and the commands that write
     them (training a previous-stage fold, or re-running a trained one, writes its held-out cases').
     """
-    from .training.cascade import cascade_foreground_labels, previous_stage_fold, previous_stage_seg_paths
+    from .model.cascade import cascade_foreground_labels
+    from .training.cascade import previous_stage_fold, previous_stage_seg_paths
 
     prev = config.previous_stage
     paths = previous_stage_seg_paths(wd, splits, prev, case_ids)

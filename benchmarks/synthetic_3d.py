@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     budget_s = parse_duration(args.budget)
     sys.path.insert(0, str(REPO))
-    from autoseg.demo import make_demo_dataset
+    from autoseg.usecases.demo import make_demo_dataset
 
     args.out.mkdir(parents=True, exist_ok=True)
     dataset = make_demo_dataset(args.out / "data")

@@ -21,9 +21,9 @@ from autoseg.schemas import CaseProperties, Splits, load_json
 from autoseg.training.augmentation import (deep_supervision_scales, initial_patch_size, rotation_ranges,
                                            training_transforms, validation_transforms)
 from autoseg.training.batch_iterator import make_batch_iterator
-from autoseg.training.cascade import (CascadeInputTransform, binary_morphology, one_hot_foreground,
-                                      remove_random_component)
-from autoseg.training.checkpoint import load_checkpoint
+from autoseg.model.cascade import one_hot_foreground
+from autoseg.training.cascade import CascadeInputTransform, binary_morphology, remove_random_component
+from autoseg.model.checkpoint import load_checkpoint
 from autoseg.training.data_loader import PatchDataLoader, case_file_paths
 from autoseg.workdir import Workdir
 

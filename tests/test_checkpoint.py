@@ -1,4 +1,4 @@
-"""Tests for autoseg.training.checkpoint: atomic save, weights_only load, RNG restore, resume lookup."""
+"""Tests for autoseg.model.checkpoint: atomic save, weights_only load, RNG restore, resume lookup."""
 from __future__ import annotations
 
 import random
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from autoseg.errors import AutosegError
-from autoseg.training.checkpoint import (checkpoint_path, find_resume_checkpoint, load_checkpoint,
+from autoseg.model.checkpoint import (checkpoint_path, find_resume_checkpoint, load_checkpoint,
                                          restore_checkpoint, restore_rng_states, save_checkpoint)
 from autoseg.training.schedule import PolyLR
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
 import autoseg.cli as cli
 from autoseg.cli import main, planned_in_training_order

@@ -14,9 +14,9 @@ from autoseg.cli import main
 from autoseg.data.dataset import load_dataset
 from autoseg.data.image_io import read_image, read_label
 from autoseg.data.synthetic import bias_field, make_synthetic_dataset
-from autoseg.demo import (DEMO_CASES, DEMO_SPACING_ZYX, DEMO_TEST_CASES, N_FOLDS, TARGET_DICE, make_demo_dataset,
+from autoseg.usecases.demo import (DEMO_CASES, DEMO_SPACING_ZYX, DEMO_TEST_CASES, N_FOLDS, TARGET_DICE, make_demo_dataset,
                           run_demo)
-from autoseg.demo_budget import (MIN_TRAINING_S, TAIL_FRACTION_GUESS, TRAINING_OVERHEAD_S, estimate_tail_seconds,
+from autoseg.usecases.budget_split import (MIN_TRAINING_S, TAIL_FRACTION_GUESS, TRAINING_OVERHEAD_S, estimate_tail_seconds,
                                  planning_budget_per_training, split_training_budget)
 from autoseg.errors import AutosegError
 from autoseg.overlay import ROWS, choose_slices, overlay_size_px, write_overlay_png

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from autoseg.errors import AutosegError
-from autoseg.inference.export import (
+from autoseg.model.export import (
     load_probabilities,
     logits_to_original_probabilities,
     probabilities_to_segmentation,

@@ -8,9 +8,10 @@ import pytest
 from autoseg import hardware
 from autoseg.errors import AutosegError
 from autoseg.hardware import (cgroup_cpu_limit, cgroup_memory_gb, cpu_has_bf16, describe, detect_hardware,
-                              format_duration, measure_cpu_conv_gflops, parse_duration, usable_cpu_cores,
+                              format_duration, parse_duration, usable_cpu_cores,
                               worker_count)
 from autoseg.schemas import HardwareBudget, from_dict, to_dict
+from autoseg.training.speed_probe import measure_cpu_conv_gflops
 
 GIB = 2**30
 
@@ -29,7 +30,7 @@ def _cuda_available() -> bool:
 
 
 def test_gpu_memory_override_plans_for_a_gpu_on_any_machine():
-    hw = detect_hardware(gpu_memory_gb=8, measure_cpu=False)
+    hw = detect_hardware(gpu_memory_gb=8)
     assert hw.device == "cuda"
     assert hw.gpu_total_memory_gb == 8.0 and hw.gpu_free_memory_gb == 8.0
     assert hw.overrides == {"--gpu-memory-gb": "8"}
@@ -41,7 +42,7 @@ def test_gpu_memory_override_plans_for_a_gpu_on_any_machine():
 
 
 def test_cpu_device_override_and_time_budget():
-    hw = detect_hardware(device="CPU", time_budget_s=5400.0, measure_cpu=False)
+    hw = detect_hardware(device="CPU", time_budget_s=5400.0)
     assert hw.device == "cpu"
     assert hw.gpu_name is None and hw.gpu_total_memory_gb is None
     assert hw.overrides == {"--device": "cpu"}
@@ -62,14 +63,14 @@ def test_cpu_device_override_and_time_budget():
 ])
 def test_bad_requests_say_what_to_do(kwargs, words):
     with pytest.raises(AutosegError, match=words.replace("-", r"\-")):
-        detect_hardware(measure_cpu=False, **kwargs)
+        detect_hardware(**kwargs)
 
 
 def test_cuda_without_a_gpu_points_to_gpu_memory_flag():
     if _cuda_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(AutosegError, match="gpu-memory-gb"):
-        detect_hardware(device="cuda", measure_cpu=False)
+        detect_hardware(device="cuda")
 
 
 def test_measured_conv_throughput_is_positive_and_restores_threads():

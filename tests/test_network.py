@@ -1,4 +1,4 @@
-"""Tests for autoseg.training.network: shapes, deep supervision, init, errors."""
+"""Tests for autoseg.model.network: shapes, deep supervision, init, errors."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +8,7 @@ import torch
 
 from autoseg.errors import AutosegError, UnknownNameError
 from autoseg.schemas import NetworkSpec
-from autoseg.training.network import (build_network, count_parameters, output_strides, total_stride)
+from autoseg.model.network import (build_network, count_parameters, output_strides, total_stride)
 
 
 def spec_3d(**kw) -> NetworkSpec:

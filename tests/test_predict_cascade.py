@@ -14,7 +14,7 @@ from autoseg.data.image_io import read_image, read_image_info, read_label
 from autoseg.errors import AutosegError
 from autoseg.inference.predict_cases import PREDICTION_INFO_JSON
 from autoseg.inference.predictor import Predictor
-from autoseg.inference.validation import _with_previous_stage
+from autoseg.training.validation import _with_previous_stage
 from autoseg.pipeline import load_manifest, load_plans
 from autoseg.schemas import Splits, load_json
 from autoseg.workdir import Workdir

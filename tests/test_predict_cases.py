@@ -13,7 +13,7 @@ from autoseg import __version__
 from autoseg.cli import main
 from autoseg.data.image_io import read_image, read_image_info, read_label, write_image
 from autoseg.errors import AutosegError
-from autoseg.inference.export import load_probabilities
+from autoseg.model.export import load_probabilities
 from autoseg.inference.predict_cases import PREDICTION_INFO_JSON, predict_cases
 from autoseg.pipeline import load_plans, plans_hash
 from tests.synthetic import case_id, make_synthetic_dataset

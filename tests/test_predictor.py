@@ -14,7 +14,7 @@ import torch
 from autoseg.cli import main
 from autoseg.data.image_io import read_image, read_image_info, read_label, write_image
 from autoseg.errors import AutosegError, StaleArtifactError
-from autoseg.inference.export import load_probabilities
+from autoseg.model.export import load_probabilities
 from autoseg.inference.predictor import Predictor, _resolve_precision
 from autoseg.inference.uncertainty import MemberStore
 from autoseg.pipeline import load_plans, plans_hash

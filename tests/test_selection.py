@@ -13,7 +13,7 @@ from autoseg.atomic import atomic_write_json, read_json
 from autoseg.data.image_io import write_segmentation
 from autoseg.errors import AutosegError, StaleArtifactError
 from autoseg.inference.ensemble import average_probabilities, segmentations_of_ensembles
-from autoseg.inference.export import probabilities_to_segmentation, save_probabilities
+from autoseg.model.export import probabilities_to_segmentation, save_probabilities
 from autoseg.parallel import fork_map
 from autoseg.pipeline import plans_hash, resolve_training_settings
 from autoseg.planning.registry import get_planner

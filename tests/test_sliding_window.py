@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from autoseg.errors import AutosegError
-from autoseg.inference.sliding_window import (
+from autoseg.model.sliding_window import (
     gaussian_importance_map,
     predict_sliding_window,
     tile_starts,

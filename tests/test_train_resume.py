@@ -15,7 +15,7 @@ import torch
 from autoseg.cli import main
 from autoseg.pipeline import load_plans, resolve_training_settings
 from autoseg.schemas import Splits, TrainingSettings, load_json
-from autoseg.training.checkpoint import load_checkpoint
+from autoseg.model.checkpoint import load_checkpoint
 from autoseg.training.splits import fold_cases
 from autoseg.training.trainer import Trainer
 from autoseg.workdir import Workdir

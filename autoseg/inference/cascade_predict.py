@@ -6,7 +6,7 @@ stage's segmentation of the same case as extra input channels. For a new image t
 logits averaged, with the same folds, tile step and mirroring), takes the argmax at the original
 geometry (no postprocessing), and this module puts that label map on the cascade's preprocessed
 grid and appends it one-hot: the same two functions that make the training and validation inputs
-(:func:`autoseg.inference.validation.next_stage_segmentation`, which writes the lowres folds'
+(:func:`autoseg.training.validation.next_stage_segmentation`, which writes the lowres folds'
 ``predicted_next_stage/<case>_seg.npy``, and :func:`autoseg.training.cascade.append_previous_stage`).
 """
 from __future__ import annotations
@@ -17,8 +17,7 @@ import numpy as np
 
 from ..errors import AutosegError
 from ..schemas import CaseProperties, ConfigurationPlan, Plans
-from ..training.cascade import append_previous_stage, cascade_foreground_labels
-from .validation import next_stage_segmentation
+from ..model.cascade import append_previous_stage, cascade_foreground_labels, next_stage_segmentation
 
 
 def stage_order(plans: Plans, configurations: Sequence[str]) -> list[str]:

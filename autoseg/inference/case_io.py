@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import AutosegError
 from ..schemas import CaseFiles, Geometry
-from .export import save_probabilities as _save_probabilities_npz
+from ..model.export import save_probabilities as _save_probabilities_npz
 
 
 def _split_ending(out_path: str | Path) -> tuple[Path, str, str]:

@@ -1,7 +1,7 @@
 """Ensembling configurations: average their exported probabilities, then take the argmax.
 
 Probability files are the ``<case>_probabilities.npz`` written by
-:func:`autoseg.inference.export.save_probabilities`: ``(K, Z, Y, X)`` at the case's original
+:func:`autoseg.model.export.save_probabilities`: ``(K, Z, Y, X)`` at the case's original
 geometry, so members of any configuration line up voxel for voxel. Equal weights, like nnU-Net's
 ``nnUNetv2_ensemble``. Everything streams: at most the running sum and one member are in memory
 (unless a caller allows a per-case cache, see :func:`segmentations_of_ensembles`).
@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import AutosegError
 from ..workdir import Workdir
-from .export import load_probabilities, probabilities_to_segmentation
+from ..model.export import load_probabilities, probabilities_to_segmentation
 
 log = logging.getLogger(__name__)
 

@@ -36,10 +36,10 @@ from ..schemas import (SCHEMA_VERSION, CaseFiles, CaseProperties, ConfigurationP
 from ..workdir import CHECKPOINT_KINDS, Workdir
 from .cascade_predict import cascade_input, stage_order
 from .case_io import case_id_and_files, image_geometry, read_case_image, write_case_outputs
-from .export import logits_to_original_probabilities, probabilities_to_segmentation
-from .sliding_window import predict_sliding_window
+from ..model.export import logits_to_original_probabilities, probabilities_to_segmentation
+from ..model.sliding_window import predict_sliding_window
 from .uncertainty import MemberStore
-from .validation import predict_preprocessed_case
+from ..model.case_prediction import predict_preprocessed_case
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +231,8 @@ class Predictor:
                                                              "configurations (-c)")
 
     def _load(self, cfg: ConfigurationPlan, precision: str) -> None:
-        from ..training.checkpoint import load_checkpoint
-        from ..training.network import build_network
+        from ..model.checkpoint import load_checkpoint
+        from ..model.network import build_network
 
         nets, recorded = [], []
         for fold in self.folds:

@@ -245,7 +245,7 @@ def make_training_iterators(preprocessed_dir: Any, config: Any, settings: Any, t
     for one configuration (ConfigurationPlan) and its TrainingSettings; the cascade's previous-stage
     segmentations become one-hot input channels when given."""
     from .augmentation import initial_patch_size, rotation_ranges, training_transforms, validation_transforms
-    from .cascade import cascade_foreground_labels
+    from ..model.cascade import cascade_foreground_labels
     from .data_loader import PatchDataLoader
 
     s = settings

@@ -40,7 +40,7 @@ def export_seconds(preprocessed_dir: Path, case_ids: Sequence[str], num_classes:
 def count_validation_tiles(preprocessed_dir: Path, case_ids: Sequence[str], patch_size: Sequence[int],
                            dims: int) -> int:
     """Sliding-window tiles (step 0.5) needed to predict ``case_ids``; 2D patches tile every slice."""
-    from ..inference.sliding_window import tile_starts
+    from ..model.sliding_window import tile_starts
 
     n = 0
     for cid in case_ids:

@@ -23,8 +23,9 @@ from batchgenerators.transforms.abstract_transforms import AbstractTransform
 from scipy import ndimage
 
 from ..errors import AutosegError
-from ..schemas import ConfigurationPlan, Splits
+from ..schemas import Splits
 from ..workdir import Workdir
+from ..model.cascade import one_hot_foreground
 
 logger = logging.getLogger(__name__)
 
@@ -62,35 +63,6 @@ def previous_stage_seg_paths(wd: Workdir, splits: Splits, previous_stage: str,
                            f"in which every training case is validated once (rerun `autoseg plan` with the "
                            f"default splits).")
     return out
-
-
-def cascade_foreground_labels(config: ConfigurationPlan) -> list[int]:
-    """The labels fed as one-hot input channels: every foreground class 1..num_classes-1."""
-    return list(range(1, int(config.network.num_classes)))
-
-
-# --------------------------------------------------------------------------- arrays
-
-def one_hot_foreground(seg: np.ndarray, labels: Sequence[int], dtype: Any = np.float32) -> np.ndarray:
-    """``seg`` (*spatial) integer labels -> ``(len(labels), *spatial)`` indicator maps in {0, 1}.
-
-    Values not in ``labels`` (background 0, -1 outside) give zeros in every channel.
-    """
-    seg = np.asarray(seg)
-    out = np.empty((len(labels), *seg.shape), dtype=dtype)
-    for i, label in enumerate(labels):
-        out[i] = seg == int(label)
-    return out
-
-
-def append_previous_stage(data: np.ndarray, previous: np.ndarray, config: ConfigurationPlan) -> np.ndarray:
-    """The cascade's network input: ``data`` (C, *S) with the previous stage's one-hot foreground maps
-    appended, float32 (C + L, *S); ``previous`` is its label map (*S) on the same preprocessed grid.
-
-    Used alike by validation (the lowres folds' held-out files) and by prediction of new images.
-    """
-    onehot = one_hot_foreground(previous, cascade_foreground_labels(config), dtype=np.float32)
-    return np.concatenate([data.astype(np.float32, copy=False), onehot])
 
 
 def binary_morphology(mask: np.ndarray, operation: str, radius: float) -> np.ndarray:

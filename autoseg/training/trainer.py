@@ -23,9 +23,9 @@ from .augmentation import deep_supervision_scales
 from .batch_iterator import make_training_iterators
 from .budget import (final_validation_seconds, seconds_per_tile,
                      shortened_total_iterations, total_iterations_for_budget)
-from .checkpoint import load_resume_checkpoint, restore_rng_states, save_checkpoint
+from ..model.checkpoint import load_resume_checkpoint, restore_rng_states, save_checkpoint
 from .losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, hard_dice_counts
-from .network import build_network
+from ..model.network import build_network
 from .precision import time_precisions
 from .schedule import PolyLR
 

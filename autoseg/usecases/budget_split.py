@@ -1,6 +1,6 @@
 """Time arithmetic of the built-in demo: how one wall-clock budget for the whole demo is shared.
 
-The demo (see :mod:`autoseg.demo`) runs dataset → plan → every (configuration, fold) training →
+The demo (see :mod:`autoseg.usecases.demo`) runs dataset → plan → every (configuration, fold) training →
 find-best → predict → evaluate → overlay inside one budget. Training takes what the other stages
 leave: the stages already done cost what they cost (measured), the stages after training are
 reserved from estimates (refined from the measured validation times as folds finish), and every
@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from .errors import AutosegError
+from ..errors import AutosegError
 
 #: A training needs at least this long to calibrate its schedule and learn anything useful.
 MIN_TRAINING_S = 20.0

@@ -21,27 +21,14 @@ import torch
 
 from ..atomic import atomic_save_npy, atomic_write_json
 from ..errors import AutosegError
-from ..preprocessing.preprocess import segmentation_to_preprocessed_grid
 from ..schemas import CaseProperties, ConfigurationPlan, DatasetManifest, Plans, TrainingSettings, load_json
 from ..workdir import Workdir
-from ..training.cascade import append_previous_stage
-from .export import (logits_to_original_probabilities, probabilities_to_segmentation, save_probabilities,
+from ..model.cascade import append_previous_stage, next_stage_segmentation
+from ..model.case_prediction import predict_preprocessed_case
+from ..model.export import (probabilities_to_segmentation, save_probabilities,
                      write_prediction)
-from .sliding_window import predict_sliding_window
 
 log = logging.getLogger(__name__)
-
-
-def predict_preprocessed_case(networks: torch.nn.Module | list[torch.nn.Module], data: np.ndarray,
-                              properties: CaseProperties, config: ConfigurationPlan, *,
-                              device: str = "cpu", precision: str = "fp32", step_size: float = 0.5,
-                              mirror: bool = True, tile_batch_size: int = 4) -> np.ndarray:
-    """Sliding-window logits (folds averaged) → probabilities (K, Z, Y, X) at the original geometry."""
-    logits = predict_sliding_window(networks, data, config.patch_size, config.network.num_classes,
-                                    step_size=step_size,
-                                    mirror_axes=tuple(config.mirror_axes) if mirror else None,
-                                    tile_batch_size=tile_batch_size, device=device, precision=precision)
-    return logits_to_original_probabilities(logits, properties, config)
 
 
 def validate_fold(wd: Workdir, plans: Plans, config: ConfigurationPlan, settings: TrainingSettings,
@@ -141,15 +128,6 @@ def write_next_stage_segmentation(wd: Workdir, next_config: ConfigurationPlan, c
     out = next_stage_segmentation(seg, load_json(CaseProperties, props_path), next_config)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save_npy(out_path, out)
-
-
-def next_stage_segmentation(seg: np.ndarray, properties: CaseProperties, next_config: ConfigurationPlan) -> np.ndarray:
-    """``seg`` (Z, Y, X) at a case's original geometry -> int8 (int16 for labels > 127) ``(1, *S)`` on
-    ``next_config``'s preprocessed grid described by ``properties`` (crop box, resampled shape,
-    spacings): what ``predicted_next_stage/<case>_seg.npy`` holds, and what prediction feeds the
-    cascade for a new image (:mod:`autoseg.inference.cascade_predict`)."""
-    out = segmentation_to_preprocessed_grid(seg, properties, next_config)
-    return out.astype(np.int8 if int(out.max(initial=0)) <= 127 else np.int16)
 
 
 def _with_previous_stage(data: np.ndarray, segs: Mapping[str, Path], case_id: str,

@@ -29,9 +29,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_json
-from .errors import AutosegError
-from .workdir import Workdir
+from ..atomic import atomic_write_json
+from ..errors import AutosegError
+from ..workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def make_demo_dataset(root: str | Path, *, n_cases: int = DEMO_CASES, n_test_cas
     The generation parameters are recorded in dataset.json (key ``autoseg_demo``, ignored by the
     dataset reader); a folder made with other parameters is refused rather than silently reused.
     """
-    from .data.synthetic import make_synthetic_dataset
+    from ..data.synthetic import make_synthetic_dataset
 
     folder = Path(root) / DEMO_DATASET
     params = {"generator_version": _GENERATOR_VERSION, "n_cases": n_cases, "n_test_cases": n_test_cases,
@@ -115,7 +115,7 @@ def _fold_finished(wd: Workdir, configuration: str, fold: int) -> bool:
 
 def _validation_seconds_per_case(wd: Workdir, configuration: str, n_folds: int) -> float | None:
     """Mean measured final-validation seconds per case over the validated folds (None if none)."""
-    from .atomic import read_json
+    from ..atomic import read_json
 
     values = []
     for f in range(n_folds):
@@ -134,7 +134,7 @@ def _dice_text(summary: dict) -> str:
 def _plan(dataset: Path, run_dir: Path, planning_budget_s: float, *, num_workers: int | None, progress: bool,
           cpu_gflops: float | None, report: Callable[[str], None]):
     """plan_dataset with the demo's per-training budget; finished trainings keep the plans they used."""
-    from .pipeline import load_plans, plan_dataset
+    from ..pipeline import load_plans, plan_dataset
 
     wd = Workdir(run_dir)
     if wd.plans_json.exists() and any(wd.results_root.glob("*/fold_*/checkpoint_*.pt")):
@@ -151,8 +151,8 @@ def _plan(dataset: Path, run_dir: Path, planning_budget_s: float, *, num_workers
 def _train_all(run_dir: Path, plans, total_s: float, clock: _Clock, *, n_test_cases: int, min_training_s: float,
                overrides: dict, progress: bool, report: Callable[[str], None]) -> list[dict[str, Any]]:
     """Train every (configuration, fold) not finished yet, one after the other in this process."""
-    from .demo_budget import TRAINING_OVERHEAD_S, estimate_tail_seconds, split_training_budget
-    from .pipeline import load_manifest, train_fold
+    from .budget_split import TRAINING_OVERHEAD_S, estimate_tail_seconds, split_training_budget
+    from ..pipeline import load_manifest, train_fold
 
     wd = Workdir(run_dir)
     configs = list(plans.configurations)
@@ -202,8 +202,8 @@ def _train_all(run_dir: Path, plans, total_s: float, clock: _Clock, *, n_test_ca
 def _predict(run_dir: Path, images: Path, out_dir: Path, *, progress: bool,
              report: Callable[[str], None]) -> dict[str, Any]:
     """Predict the held-out cases with the selection, unless current predictions of all of them exist."""
-    from .atomic import read_json
-    from .inference.predict_cases import PREDICTION_INFO_JSON, predict_cases
+    from ..atomic import read_json
+    from ..inference.predict_cases import PREDICTION_INFO_JSON, predict_cases
 
     info_path, selection = out_dir / PREDICTION_INFO_JSON, Workdir(run_dir).selection_json
     cases = sorted(p.name[: -len("_0000.nii.gz")] for p in images.glob("*_0000.nii.gz"))
@@ -220,8 +220,8 @@ def _predict(run_dir: Path, images: Path, out_dir: Path, *, progress: bool,
 
 def _overlay(dataset: Path, pred_dir: Path, summary: dict, out_path: Path, label_names: dict[int, str]) -> dict:
     """overlay.png of the held-out case with the median foreground Dice (a representative one)."""
-    from .data.image_io import read_image, read_label
-    from .overlay import write_overlay_png
+    from ..data.image_io import read_image, read_label
+    from ..overlay import write_overlay_png
 
     def fg(case: dict) -> float:
         values = [v["dice"] for k, v in case.items() if k != "0" and isinstance(v, dict) and v.get("dice") is not None]
@@ -252,15 +252,15 @@ def run_demo(workdir: str | Path, *, time_budget_s: float = DEMO_TIME_BUDGET_S, 
     line per training, the ranking, the evaluation table); default: the log, which then also warns
     when the mean foreground Dice is below :data:`TARGET_DICE` (``dice_below_target`` in the result). ``n_cases``,
     ``n_test_cases``, ``shape_zyx`` size the dataset (tests use tiny ones); ``min_training_s`` (default
-    :data:`autoseg.demo_budget.MIN_TRAINING_S`), ``training_overrides`` (TrainingSettings fields for
+    :data:`autoseg.usecases.budget_split.MIN_TRAINING_S`), ``training_overrides`` (TrainingSettings fields for
     every training) and ``cpu_gflops`` (skip the CPU probe) are for tests. Raises AutosegError before
     any work when the budget cannot give every training its minimum.
     """
-    from .demo_budget import MIN_TRAINING_S, planning_budget_per_training
-    from .evaluation import evaluate_folders, format_table
-    from .pipeline import load_manifest
-    from .planning.explain import explain_plans
-    from .selection import find_best, format_ranking
+    from .budget_split import MIN_TRAINING_S, planning_budget_per_training
+    from ..evaluation import evaluate_folders, format_table
+    from ..pipeline import load_manifest
+    from ..planning.explain import explain_plans
+    from ..selection import find_best, format_ranking
 
     quiet_warning = report is not None  # a caller with its own report prints the Dice warning itself
     report = report or log.info
