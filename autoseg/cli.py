@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import AutosegError, UsageError
+from .schemas import to_dict
 
 log = logging.getLogger("autoseg")
 
@@ -50,7 +51,8 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
                    help="plan for a GPU with this much memory (implies --device cuda)")
     p.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
                    help="wall-clock budget per training (one fold of one configuration), e.g. 20m, 1h30m; "
-                        "sizes CPU plans")
+                        "recorded in plans.json: it sizes the plan and `autoseg train` uses it (a CPU plan "
+                        "without it records the 20m it assumed)")
     p.add_argument("--cpu-gflops", type=float, default=None, metavar="N",
                    help="plan for a CPU that trains U-Nets at N GFLOP/s instead of measuring this one "
                         "(a few seconds); e.g. to plan on one machine for another")
@@ -71,15 +73,15 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if not args.dataset or not args.workdir:
         raise UsageError("autoseg plan needs a DATASET folder and --workdir RUN, e.g. "
                            "`autoseg plan data/Dataset102_Hippocampus --workdir runs/hippo`")
-    from .pipeline import plan_dataset
-    from .planning.explain import explain_plans
+    from .usecases.plan import plan_dataset
 
-    plans = plan_dataset(args.dataset, args.workdir, planner=args.planner, device=args.device,
+    result = plan_dataset(args.dataset, args.workdir, planner=args.planner, device=args.device,
                          gpu_memory_gb=args.gpu_memory_gb, time_budget_s=args.time_budget,
                          splits_file=args.splits, num_workers=args.num_workers, cpu_gflops=args.cpu_gflops,
                          progress=not args.no_progress, overwrite=args.overwrite)
+    plans = result.plans
     if args.explain:
-        print("\n".join(explain_plans(plans)))
+        print("\n".join(result.explained))
     else:
         print(f"planned {', '.join(plans.configurations)} with planner '{plans.planner}' "
               f"for {plans.hardware.device}")
@@ -137,7 +139,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .pipeline import train_fold
+    from .usecases.train import train
 
     fold = args.fold
     if fold != "all" and not fold.isdigit():
@@ -148,27 +150,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
                  "foreground_oversample_fraction": args.oversample_fraction, "device": args.device,
                  "precision": args.precision, "time_budget_s": args.time_budget,
                  "num_workers": args.num_workers, "checkpoint_every_s": args.checkpoint_every}
-    configurations = [args.configuration] if args.configuration else planned_in_training_order(args.workdir)
-    for name in configurations:
-        if len(configurations) > 1:
-            print(f"== {name} fold {fold} ({configurations.index(name) + 1} of {len(configurations)} "
-                  f"configurations: {', '.join(configurations)})", flush=True)
-        _, summary = train_fold(args.workdir, name, fold, overrides=overrides,
-                                progress=not args.no_progress, validate=not args.no_validation)
-        if summary is not None:
+    for result in train(args.workdir, fold, configuration=args.configuration, overrides=overrides,
+                        progress=not args.no_progress, validate=not args.no_validation,
+                        report=lambda line: print(line, flush=True)):
+        if result.summary is not None:
             from .evaluation import format_table
 
-            print(format_table(summary))
+            print(format_table(to_dict(result.summary)))
     return 0
-
-
-def planned_in_training_order(workdir: str) -> list[str]:
-    """Every configuration of plans.json, each after the stage it takes its input from."""
-    from .inference.cascade_predict import stage_order
-    from .pipeline import load_plans
-
-    plans = load_plans(workdir)
-    return stage_order(plans, list(plans.configurations))
 
 
 # --------------------------------------------------------------------------- find-best
@@ -189,11 +178,11 @@ def _add_find_best(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_find_best(args: argparse.Namespace) -> int:
-    from .selection import find_best, format_ranking
+    from .usecases.find_best import find_best
 
-    selection = find_best(args.workdir, configurations=args.configurations, folds=args.folds,
-                          progress=not args.no_progress, overwrite=args.overwrite, num_workers=args.num_workers)
-    print(format_ranking(selection))
+    result = find_best(args.workdir, configurations=args.configurations, folds=args.folds,
+                       progress=not args.no_progress, overwrite=args.overwrite, num_workers=args.num_workers)
+    print(result.ranking)
     return 0
 
 
@@ -238,24 +227,17 @@ def _step_size(text: str) -> float:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .inference.predict_cases import predict_cases
-    from .workdir import Workdir
+    from .usecases.predict import predict
 
-    if args.configurations is None and not Workdir(args.workdir).selection_json.exists():
-        from .selection import find_best, format_ranking
-
-        log.info("no selection yet: running find-best first")
-        print(format_ranking(find_best(args.workdir, progress=not args.no_progress,
-                                       num_workers=args.num_workers)))
     folds = None if args.folds is None else [f if f == "all" else int(f) for f in args.folds]
-    inputs = args.input[0] if len(args.input) == 1 else args.input
-    info = predict_cases(args.workdir, inputs, args.output, configurations=args.configurations, folds=folds,
-                         fast=args.fast, step_size=args.step_size, mirror=False if args.no_mirroring else None,
-                         save_probabilities=args.save_probabilities, save_uncertainty=args.save_uncertainty,
-                         device=args.device, progress=not args.no_progress, num_workers=args.num_workers)
-    n = len(info.get("seconds_per_case", {}))
-    print(f"predicted {n} case(s) into {args.output} with {', '.join(info.get('configurations', []))} "
-          f"(folds {info.get('folds')}); details in {args.output}/prediction_info.json")
+    result = predict(args.workdir, args.input, args.output, configurations=args.configurations, folds=folds,
+                     fast=args.fast, step_size=args.step_size, mirror=False if args.no_mirroring else None,
+                     save_probabilities=args.save_probabilities, save_uncertainty=args.save_uncertainty,
+                     device=args.device, progress=not args.no_progress, num_workers=args.num_workers)
+    if result.find_best is not None:
+        print(result.find_best.ranking)
+    print(f"predicted {len(result.predicted_cases)} case(s) into {args.output} with "
+          f"{', '.join(result.configurations)} (folds {result.folds}); details in {result.info_path}")
     return 0
 
 
@@ -281,47 +263,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
+    from .usecases.evaluate import evaluate
 
-    from .atomic import atomic_write_json
-    from .evaluation import evaluate_folders, format_table
-
-    names: dict[int, str] = {}
-    ending = args.file_ending
-    if args.dataset_json:
-        from .atomic import read_json
-
-        dj = read_json(args.dataset_json)
-        names = {int(v): k for k, v in dj.get("labels", {}).items() if isinstance(v, int) and v != 0}
-        ending = ending or dj.get("file_ending")
-    if ending is None:
-        endings = sorted({_ending(p.name) for p in Path(args.pred).iterdir() if p.is_file()
-                          and not p.name.endswith((".json", ".npz"))})
-        if len(endings) != 1:
-            raise UsageError(f"cannot tell the file ending of {args.pred} (found {endings or 'no files'}); "
-                             f"give --file-ending or --dataset-json")
-        ending = endings[0]
-    labels = args.labels or sorted(names) or None
-    if labels is None:
-        from .data.image_io import read_label
-        import numpy as np
-
-        found: set[int] = set()
-        for p in Path(args.ref).glob(f"*{ending}"):
-            found |= {int(v) for v in np.unique(read_label(p)[0])}
-        labels = sorted(v for v in found if v > 0)
-    summary = evaluate_folders(args.pred, args.ref, labels, ending, num_workers=args.num_workers or 1,
-                               surface_metrics=args.surface, tolerance_mm=args.tolerance_mm,
-                               progress=not args.no_progress, label_names=names or None)
-    out = Path(args.output) if args.output else Path(args.pred) / "summary.json"
-    atomic_write_json(out, json.loads(json.dumps(summary, default=float)))
-    print(format_table(summary))
-    print(f"written: {out}")
+    result = evaluate(args.pred, args.ref, labels=args.labels, dataset_json=args.dataset_json,
+                      file_ending=args.file_ending, surface=args.surface, tolerance_mm=args.tolerance_mm,
+                      output=args.output, num_workers=args.num_workers, progress=not args.no_progress)
+    print(result.table)
+    print(f"written: {result.output}")
     return 0
-
-
-def _ending(name: str) -> str:
-    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
 # --------------------------------------------------------------------------- demo
@@ -352,21 +301,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(args.workdir, time_budget_s=args.time_budget, progress=not args.no_progress,
                       report=report, num_workers=args.num_workers)
     print("\n=== summary ===")
-    stages = result["stage_seconds"]
+    stages = result.stage_seconds
     for name, seconds in stages.items():
         print(f"  {name:12s} {seconds:7.1f} s")
-    print(f"  {'total':12s} {result['total_seconds']:7.1f} s (budget {result['time_budget_s']:.0f} s)")
-    dice = result["mean_foreground_dice"] if result["mean_foreground_dice"] is not None else float("nan")
-    per_class = ", ".join(f"{k} {v:.4f}" for k, v in result["dice_per_class"].items() if v is not None)
-    n = len(result["trainings"])
+    print(f"  {'total':12s} {result.total_seconds:7.1f} s (budget {result.time_budget_s:.0f} s)")
+    dice = result.mean_foreground_dice if result.mean_foreground_dice is not None else float("nan")
+    per_class = ", ".join(f"{k} {v:.4f}" for k, v in result.dice_per_class.items() if v is not None)
+    n = len(result.trainings)
     print(f"mean foreground Dice on the held-out cases: {dice:.4f} ({per_class}); selection "
-          f"{result['selection']['winner']}; {n} training(s) run now")
+          f"{result.selection['winner']}; {n} training(s) run now")
     print("outputs:")
-    for name, path in result["paths"].items():
+    for name, path in result.paths.items():
         print(f"  {name:12s} {path}")
-    if result["dice_below_target"]:
+    if result.dice_below_target:
         print(f"WARNING: the mean foreground Dice {dice:.4f} is below the demo's target of "
-              f"{result['target_dice']:.2f}: the trainings were too short for this machine or it was busy; "
+              f"{result.target_dice:.2f}: the trainings were too short for this machine or it was busy; "
               f"rerun with a larger --time-budget in a new --workdir")
     return 0
 

@@ -184,14 +184,13 @@ def resolve_device(device: str | None, gpu_memory_gb: float | None = None) -> st
 
 
 def detect_hardware(*, device: str | None = None, gpu_memory_gb: float | None = None,
-                    time_budget_s: float | None = None, cpu_speed: "CpuSpeed | None" = None,
+                    cpu_speed: "CpuSpeed | None" = None,
                     cpu_gflops: float | None = None) -> HardwareBudget:
     """Detect what this machine offers (or what the user says to plan for) as a HardwareBudget.
 
     device: None detects ("cuda" when torch sees a GPU, else "cpu"); "cpu"/"cuda" forces it.
     gpu_memory_gb: plan for a GPU with this much memory (GB = 2**30 bytes); implies "cuda" and
         works on machines without a GPU. Recorded in ``overrides`` like ``device``.
-    time_budget_s: wall-clock seconds per training, stored as ``training_time_budget_s``.
     cpu_speed: this CPU's measured training throughput (``autoseg.training.speed_probe``), used when
         the device is "cpu"; detection itself measures nothing. ``cpu_gflops`` (the user's figure) wins.
     """
@@ -208,9 +207,6 @@ def detect_hardware(*, device: str | None = None, gpu_memory_gb: float | None = 
             raise AutosegError("--gpu-memory-gb plans for a GPU but --device cpu was also given; "
                                "drop one of the two flags")
         overrides["--gpu-memory-gb"] = f"{float(gpu_memory_gb):g}"
-    if time_budget_s is not None and not (math.isfinite(time_budget_s) and time_budget_s > 0):
-        raise AutosegError(f"the time budget must be a positive duration, found {time_budget_s!r} s; "
-                           f"give e.g. --time-budget 2h")
 
     cuda_ok, gpu_name, gpu_total, gpu_free = False, None, None, None
     if device != "cpu":
@@ -259,7 +255,7 @@ def detect_hardware(*, device: str | None = None, gpu_memory_gb: float | None = 
         gpu_total_memory_gb=None if gpu_total is None else round(gpu_total, 3),
         gpu_free_memory_gb=None if gpu_free is None else round(gpu_free, 3),
         cpu_cores=cores, ram_total_gb=round(ram_total, 3), ram_available_gb=round(ram_available, 3),
-        cpu_bf16=cpu_has_bf16(), training_time_budget_s=None if time_budget_s is None else float(time_budget_s),
+        cpu_bf16=cpu_has_bf16(),
         cpu_conv_gflops=gflops, cpu_unet_gflops=unet_rates, cpu_unet_precision=unet_precisions,
         overrides=overrides,
     )
@@ -321,8 +317,6 @@ def describe(hw: HardwareBudget) -> list[str]:
         lines.append(f"CPU: {cpu}")
     else:
         lines.append(f"CPU only: {cpu}")
-    if hw.training_time_budget_s is not None:
-        lines.append(f"Time budget per training: {format_duration(hw.training_time_budget_s)}")
     if hw.overrides:
         lines.append("Overrides: " + ", ".join(f"{k} {v}" for k, v in hw.overrides.items()))
     return lines

@@ -123,7 +123,15 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def _renamed(data: dict, **renames: str) -> dict:
+    """``data`` with keys of an older autoseg renamed (old=new), for a class's ``_migrate``."""
+    return {renames.get(k, k) if renames.get(k) not in data else k: v for k, v in data.items()}
+
+
 def _from_dict(cls: type[T], data: dict, where: str) -> T:
+    migrate = getattr(cls, "_migrate", None)
+    if migrate is not None:
+        data = migrate(data)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -144,6 +152,8 @@ def from_dict(cls: type[T], data: Any, where: str = "<data>") -> T:
     """Build ``cls`` from plain data; ``where`` (usually a file name) prefixes every error."""
     if not isinstance(data, dict):
         raise SchemaError(f"{where}: expected a JSON object for {cls.__name__}")
+    if getattr(cls, "_migrate", None) is not None:
+        data = cls._migrate(data)  # type: ignore[attr-defined]
     version = data.get("schema_version")
     if "schema_version" in {f.name for f in dataclasses.fields(cls)} and version != SCHEMA_VERSION:
         raise SchemaError(f"{where}: schema_version {version!r}, this autoseg reads {SCHEMA_VERSION}; "
@@ -308,7 +318,6 @@ class HardwareBudget:
     ram_total_gb: float
     ram_available_gb: float
     cpu_bf16: bool  # the CPU has native bf16 (AVX512-BF16 / AMX)
-    training_time_budget_s: float | None  # wall-clock seconds per training (one fold of one configuration)
     cpu_conv_gflops: float | None = None  # measured fp32 3D-conv throughput, GFLOP/s (informational)
     # measured effective throughput of whole U-Net training steps on this CPU, keyed "2d"/"3d":
     # analytic conv GFLOP of a step / best step time, at the faster of fp32 and bf16 (overheads included)
@@ -408,6 +417,23 @@ class Plans:
     configurations: dict[str, ConfigurationPlan]
     decisions: list[Decision] = field(default_factory=list)  # dataset-level decisions
     warnings: list[str] = field(default_factory=list)
+    # The one record of the time budget: wall-clock seconds per training (one fold of one configuration)
+    # that the planner sized for and that `autoseg train` uses by default. On a CPU a plan without
+    # --time-budget records the default it assumed (time_budget_given false); None: no budget (GPU plans).
+    time_budget_s: float | None = None
+    time_budget_given: bool = False
+
+    @staticmethod
+    def _migrate(data: dict) -> dict:
+        """plans.json of autoseg <= 0.1 kept the budget in the hardware record."""
+        hw = data.get("hardware")
+        if isinstance(hw, dict) and "training_time_budget_s" in hw:
+            hw = dict(hw)
+            seconds = hw.pop("training_time_budget_s")
+            data = {**data, "hardware": hw}
+            if "time_budget_s" not in data:
+                data["time_budget_s"], data["time_budget_given"] = seconds, seconds is not None
+        return data
 
     def configuration(self, name: str) -> ConfigurationPlan:
         from .errors import unknown_name_error
@@ -452,8 +478,10 @@ class CaseProperties:
     spacing_after_zyx_mm: list[float]
     shape_after_resampling_zyx: list[int]  # original axis order, before transpose
     class_locations: dict[str, list[list[int]]]  # label -> sampled voxel coords in the stored array
-    plans_hash: str  # hash of the configuration plan's preprocessing fields
+    preprocessing_hash: str  # autoseg.preprocessing.identity.preprocessing_hash of the plan it was made with
     source_hash: str  # hash of the source files' names, sizes and mtimes
+
+    _migrate = staticmethod(lambda data: _renamed(data, plans_hash="preprocessing_hash"))
 
 
 # --------------------------------------------------------------------------- training
@@ -483,7 +511,42 @@ class TrainingSettings:
     time_budget_s: float | None
     checkpoint_every_s: float
     overrides: dict[str, Any] = field(default_factory=dict)
-    plans_hash: str = ""  # hash of the configuration plan trained with (a changed plan makes the fold stale)
+    configuration_hash: str = ""  # autoseg.store.configuration_hash of the plan trained with (changed: stale)
+
+    _migrate = staticmethod(lambda data: _renamed(data, plans_hash="configuration_hash"))
+
+
+@dataclass(frozen=True)
+class FoldSummary:
+    """``validation/summary.json``: a fold's final validation, scored against the original labels.
+
+    The metric fields are :func:`autoseg.evaluation.summarize`'s (``per_class``: label -> name, dice,
+    iou, ...; ``foreground_mean``; ``per_case``); ``checkpoint_hash`` names the network that made the
+    predictions (content hash of ``checkpoint_final.pt``), so reused predictions are never stale.
+    """
+
+    schema_version: int
+    configuration: str
+    fold: str
+    checkpoint_hash: str
+    num_cases: int
+    labels: list[int]
+    per_class: dict[str, Any]
+    foreground_mean: dict[str, Any]
+    per_case: dict[str, Any]
+    seconds_per_case: dict[str, float] = field(default_factory=dict)
+    mean_seconds_per_case: float | None = None
+
+    @property
+    def foreground_dice(self) -> float | None:
+        return self.foreground_mean.get("dice")
+
+    @staticmethod
+    def _migrate(data: dict) -> dict:
+        """summary.json of autoseg <= 0.1 had no schema_version or checkpoint hash."""
+        if "schema_version" in data:
+            return data
+        return {**data, "schema_version": SCHEMA_VERSION, "checkpoint_hash": "", "fold": str(data.get("fold", ""))}
 
 
 # --------------------------------------------------------------------------- selection
@@ -526,3 +589,4 @@ class Selection:
     foreground_dice_before_postprocessing: float
     foreground_dice_after_postprocessing: float
     dice_per_class_after_postprocessing: dict[str, float]
+    validation_hash: str = ""  # hash of the fold summaries it was made from (autoseg.store.validation_hash)

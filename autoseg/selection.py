@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import read_json
-from .errors import AutosegError, StaleArtifactError
-from .schemas import SCHEMA_VERSION, Candidate, Selection, Splits, load_json, save_json
+from .errors import AutosegError
+from .schemas import SCHEMA_VERSION, Candidate, Selection, Splits, save_json
+from .store import RunStore, freshness, plans_hash, validation_hash
 from .workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -56,12 +56,13 @@ def _seconds_per_case(wd: Workdir, configuration: str, folds: Sequence[int]) -> 
     """Mean measured validation seconds per case over the folds (NaN when none was measured)."""
     values: list[float] = []
     for f in folds:
-        summary = read_json(wd.validation_summary_json(configuration, f))
-        per_case = summary.get("seconds_per_case") or {}
-        if per_case:
-            values.extend(float(v) for v in per_case.values())
-        elif summary.get("mean_seconds_per_case") is not None:
-            values.append(float(summary["mean_seconds_per_case"]))
+        summary = RunStore(wd).fold_summary(configuration, f)
+        if summary is None:
+            continue
+        if summary.seconds_per_case:
+            values.extend(float(v) for v in summary.seconds_per_case.values())
+        elif summary.mean_seconds_per_case is not None:
+            values.append(float(summary.mean_seconds_per_case))
     if not values:
         log.warning("%s: no validation timing in its summaries (predictions were reused); its cost is "
                     "unknown", configuration)
@@ -76,60 +77,22 @@ def _ensembles(configs: Sequence[str]) -> list[tuple[str, ...]]:
 
 # --------------------------------------------------------------------------- current?
 
-def _current_selection(wd: Workdir, phash: str, folds: list[int], complete: list[str]) -> Selection | None:
-    path = wd.selection_json
-    if not path.exists():
-        return None
-    try:
-        old = load_json(Selection, path)
-    except AutosegError as e:
-        log.warning("%s is unreadable (%s): selecting again", path, e)
-        return None
-    if old.plans_hash != phash:
-        log.info("%s is stale (made for plans %s, plans are now %s): selecting again", path, old.plans_hash, phash)
-        return None
-    covered = {c for cand in old.candidates for c in cand.configurations}
-    if list(old.folds) != folds or covered != set(complete):
-        log.info("%s covers configurations %s on folds %s, now %s on folds %s: selecting again", path,
-                 sorted(covered), old.folds, sorted(complete), folds)
-        return None
-    made = path.stat().st_mtime
-    if any(wd.validation_summary_json(c, f).stat().st_mtime > made for c in complete for f in folds):
-        log.info("validation results are newer than %s: selecting again", path)
-        return None
-    log.info("%s is current: keeping it (use overwrite to select again)", path)
-    return old
+def _selection_inputs(plans_hash_: str, folds: list[int], configurations: Sequence[str], vhash: str) -> dict:
+    return {"plans_hash": plans_hash_, "folds": list(folds), "configurations": sorted(configurations),
+            "validation_hash": vhash}
 
 
-def read_selection(workdir: str | Path, current_plans_hash: str, *, optional: bool = False) -> Selection | None:
-    """``results/selection.json`` for prediction, made for the plans whose hash is ``current_plans_hash``.
-
-    Missing, unreadable or made for other plans: AutosegError / StaleArtifactError naming the
-    command to run, or (``optional``, when the configurations were named) a warning and None.
-    """
-    wd = Workdir(workdir)
-    path = wd.selection_json
-    if not path.exists():
-        if optional:
-            return None
-        raise AutosegError(f"{path} does not exist, so the best configuration is not known yet; run "
-                           f"`autoseg find-best --workdir {wd.root}` first, or name the "
-                           f"configurations to use (-c 3d_fullres)")
-    try:
-        selection = load_json(Selection, path)
-    except AutosegError as e:
-        if not optional:
-            raise
-        log.warning("%s cannot be read (%s); its postprocessing is not used", path, e)
-        return None
-    if selection.plans_hash and selection.plans_hash != current_plans_hash:
-        if optional:
-            log.warning("%s was made for other plans; its postprocessing is not used", path)
-            return None
-        raise StaleArtifactError(f"{path} was made for other plans (plans hash {selection.plans_hash}, "
-                                 f"plans.json now has {current_plans_hash}); rerun `autoseg find-best "
-                                 f"--workdir {wd.root} --overwrite`")
-    return selection
+def _current_selection(store: RunStore, expected: dict) -> Selection | None:
+    old = store.selection()
+    recorded = None if old is None else _selection_inputs(
+        old.plans_hash, old.folds, {c for cand in old.candidates for c in cand.configurations}, old.validation_hash)
+    fresh = freshness(store.wd.selection_json, recorded, expected)
+    if fresh.current:
+        log.info("%s is current: keeping it (use overwrite to select again)", store.wd.selection_json)
+        return old
+    if old is not None:
+        log.info("%s: selecting again", fresh.message())
+    return None
 
 
 # --------------------------------------------------------------------------- scoring
@@ -241,14 +204,12 @@ def find_best(workdir: str | Path, *, configurations: list[str] | None = None, f
     from .inference.ensemble import iter_cv_ensemble_segmentations
     from .inference.postprocess import determine_postprocessing, foreground_mean
     from .parallel import fork_map
-    from .pipeline import load_manifest, load_plans, plans_hash, refuse_stale_folds, stale_folds
 
-    wd = Workdir(workdir)
-    plans = load_plans(wd.root)
-    manifest = load_manifest(wd.root)
-    if not wd.splits_json.exists():
-        raise AutosegError(f"{wd.splits_json} does not exist: run `autoseg plan DATASET --workdir {wd.root}` first")
-    splits = load_json(Splits, wd.splits_json)
+    store = RunStore(workdir)
+    wd = store.wd
+    plans = store.plans()
+    manifest = store.manifest()
+    splits = store.splits()
     names = list(plans.configurations) if configurations is None else \
         list(dict.fromkeys(plans.configuration(c).name for c in configurations))  # unknown: "did you mean"
     n_folds = len(splits.folds)
@@ -279,13 +240,14 @@ def find_best(workdir: str | Path, *, configurations: list[str] | None = None, f
                            f"case's prediction per fold. Run:\n  " + "\n  ".join(commands))
 
     used = [(c, f) for c in complete for f in folds]
-    stale = {c for c, *_ in stale_folds(wd, plans, used)}
+    stale = {c for c, *_ in store.stale_folds(plans, used)}
     others = " ".join(c for c in complete if c not in stale)
-    refuse_stale_folds(wd, plans, used, purpose="by find-best", alternative=(
+    store.refuse_stale_folds(plans, used, purpose="by find-best", alternative=(
         f"or leave them out: `autoseg find-best --workdir {wd.root} -c {others}`" if others else ""))
     phash = plans_hash(plans)
+    vhash = validation_hash(store.fold_summary(c, f) for c, f in used)
     if not overwrite:
-        old = _current_selection(wd, phash, folds, complete)
+        old = _current_selection(store, _selection_inputs(phash, folds, complete, vhash))
         if old is not None:
             return old
 
@@ -334,7 +296,8 @@ def find_best(workdir: str | Path, *, configurations: list[str] | None = None, f
         schema_version=SCHEMA_VERSION, plans_hash=phash, folds=folds, candidates=candidates,
         winner=winner.name, winner_configurations=list(winner.configurations), postprocessing=steps,
         foreground_dice_before_postprocessing=winner.foreground_dice,
-        foreground_dice_after_postprocessing=foreground_mean(after), dice_per_class_after_postprocessing=after)
+        foreground_dice_after_postprocessing=foreground_mean(after), dice_per_class_after_postprocessing=after,
+        validation_hash=vhash)
     save_json(selection, wd.selection_json)
     log.info("winner %s: foreground Dice %.4f (%.4f after %d postprocessing step(s)); wrote %s", winner.name,
              winner.foreground_dice, selection.foreground_dice_after_postprocessing, len(steps), wd.selection_json)

@@ -35,7 +35,6 @@ GPU_MEMORY_HEADROOM = 0.9
 CPU_BASE_FEATURES = 16
 CPU_MAX_FEATURES = {3: 256, 2: 384}
 #: Assumed when the budget has no time budget / no measured throughput.
-DEFAULT_TIME_BUDGET_S = 20 * 60.0
 DEFAULT_CPU_CONV_GFLOPS = 50.0  # raw conv throughput assumed when nothing was measured
 #: Iterations a CPU training should reach within its time budget, and the least that is acceptable.
 TARGET_ITERATIONS_CPU = 1500
@@ -149,7 +148,7 @@ class DefaultPlanner(Planner):
     def size_for_cpu(self, req: SizingRequest, fingerprint: Fingerprint, budget: HardwareBudget) -> Sizing:
         """Largest nnU-Net-shaped patch whose estimated time x TARGET_ITERATIONS_CPU fits the time budget."""
         dims, cap = req.dims, CPU_MAX_FEATURES[req.dims]
-        seconds = budget.training_time_budget_s if budget.training_time_budget_s else DEFAULT_TIME_BUDGET_S
+        seconds = req.time_budget_s or self.default_cpu_time_budget_s
         gflops, overhead, source = _cpu_throughput(budget, dims)
         ram_limit = float(budget.ram_available_gb) * RAM_HEADROOM
         decisions = [Decision(
@@ -157,7 +156,7 @@ class DefaultPlanner(Planner):
             f"planning for the CPU ({budget.cpu_cores} cores, {budget.ram_available_gb:.1f} GB RAM available): patch "
             f"and batch are sized so that {TARGET_ITERATIONS_CPU} iterations fit in "
             f"{seconds:.0f} s per training"
-            + ("" if budget.training_time_budget_s else " (no time budget given: 20 minutes assumed)")
+            + ("" if req.time_budget_s else " (no time budget given: 20 minutes assumed)")
             + f" at {gflops:.0f} GFLOP/s ({source}).",
             {"time_budget_s": seconds, "cpu_gflops": gflops, "overhead": overhead, "ram_limit_gb": ram_limit,
              "target_iterations": TARGET_ITERATIONS_CPU})]

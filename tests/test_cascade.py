@@ -15,7 +15,7 @@ from autoseg.atomic import atomic_save_npy, atomic_write_json
 from autoseg.cli import main
 from autoseg.data.image_io import read_label
 from autoseg.errors import AutosegError
-from autoseg.pipeline import load_manifest, load_plans
+from autoseg.store import load_manifest, load_plans
 from autoseg.preprocessing.preprocess import segmentation_to_preprocessed_grid
 from autoseg.schemas import CaseProperties, Splits, load_json
 from autoseg.training.augmentation import (deep_supervision_scales, initial_patch_size, rotation_ranges,

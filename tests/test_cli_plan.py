@@ -153,7 +153,7 @@ def test_plan_synthetic_datasets(tmp_path, capsys, ndim, shape, ending, expected
     w = Workdir(wd)
     plans = load_json(Plans, w.plans_json)
     assert set(plans.configurations) == expected
-    assert plans.hardware.device == "cpu" and plans.hardware.training_time_budget_s == 300
+    assert plans.hardware.device == "cpu" and plans.time_budget_s == 300 and plans.time_budget_given
     fp = load_json(Fingerprint, w.fingerprint_json)
     assert len(fp.cases) == 6
     splits = load_json(Splits, w.splits_json)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 
 import autoseg.cli as cli
-from autoseg.cli import main, planned_in_training_order
+from autoseg.cli import main
+from autoseg.usecases.train import planned_in_training_order
 from tests.synthetic import make_synthetic_dataset
 
 TINY = ["--epochs", "1", "--iterations-per-epoch", "2", "--validation-iterations", "1", "--precision", "fp32",

@@ -32,7 +32,7 @@ def write_case(folder, case_id, shape=(16, 24, 24), channels=1, label_box=None, 
         schema_version=SCHEMA_VERSION, case_id=case_id, geometry=geom, file_ending=".nii.gz",
         shape_before_crop_zyx=list(shape), crop_bbox_zyx=[[0, s] for s in shape],
         shape_after_crop_zyx=list(shape), spacing_before_zyx_mm=[1.0] * 3, spacing_after_zyx_mm=[1.0] * 3,
-        shape_after_resampling_zyx=list(shape), class_locations=locs, plans_hash="x",
+        shape_after_resampling_zyx=list(shape), class_locations=locs, preprocessing_hash="x",
         source_hash="y"), json_p)
     return data, seg
 

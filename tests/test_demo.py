@@ -161,9 +161,9 @@ def test_demo_runs_end_to_end_on_a_tiny_dataset_and_resumes(tmp_path):
     for stage in ("dataset", "plan", "train", "find-best", "predict", "evaluate", "overlay"):
         assert f"/7 {stage}" in text
     assert "Time budget per training" in text and "[10/10] 3d_fullres fold 4" in text and "rank" in text
-    assert set(result["stage_seconds"]) == {"dataset", "plan", "train", "find-best", "predict", "evaluate",
+    assert set(result.stage_seconds) == {"dataset", "plan", "train", "find-best", "predict", "evaluate",
                                             "overlay"}
-    assert len(result["trainings"]) == 2 * N_FOLDS
+    assert len(result.trainings) == 2 * N_FOLDS
     selection = load_json(Selection, Workdir(root / "run").selection_json)
     assert selection.folds == list(range(N_FOLDS))
     dataset = root / "data" / "Dataset900_AutosegDemo"
@@ -173,18 +173,18 @@ def test_demo_runs_end_to_end_on_a_tiny_dataset_and_resumes(tmp_path):
         assert pred.GetSize() == ref.GetSize() and pred.GetSpacing() == pytest.approx(ref.GetSpacing())
         assert pred.GetOrigin() == pytest.approx(ref.GetOrigin())
     evaluation = json.loads((root / "predictions" / "summary.json").read_text())
-    assert evaluation["num_cases"] == 2 and evaluation["foreground_mean"]["dice"] == result["mean_foreground_dice"]
+    assert evaluation["num_cases"] == 2 and evaluation["foreground_mean"]["dice"] == result.mean_foreground_dice
     import matplotlib.image
 
     png = matplotlib.image.imread(root / "overlay.png")
     assert png.shape[0] >= 3 * (png.shape[1] - overlay_size_px(0)[0]) / 4 and png.shape[2] in (3, 4)
     summary = json.loads((root / "demo_summary.json").read_text())
-    assert summary["dice_below_target"] == (result["mean_foreground_dice"] < TARGET_DICE)
+    assert summary["dice_below_target"] == (result.mean_foreground_dice < TARGET_DICE)
 
     lines.clear()  # rerun: finished folds and current predictions are reused
     again = run_demo(root, **kw)
-    assert again["trainings"] == [] and "10 of 10 trainings already finished" in "\n".join(lines)
-    assert "reusing them" in "\n".join(lines) and again["mean_foreground_dice"] == result["mean_foreground_dice"]
+    assert again.trainings == [] and "10 of 10 trainings already finished" in "\n".join(lines)
+    assert "reusing them" in "\n".join(lines) and again.mean_foreground_dice == result.mean_foreground_dice
 
 
 def test_demo_cli_refuses_a_budget_too_small_before_any_work(tmp_path, capsys):

@@ -53,7 +53,7 @@ def _props(shape_after_resampling=CROPPED, spacing_after=(2.0, 1.0, 1.0)) -> Cas
         shape_before_crop_zyx=list(FULL), crop_bbox_zyx=[list(b) for b in BBOX],
         shape_after_crop_zyx=list(CROPPED), spacing_before_zyx_mm=[2.0, 1.0, 1.0],
         spacing_after_zyx_mm=list(spacing_after), shape_after_resampling_zyx=list(shape_after_resampling),
-        class_locations={}, plans_hash="x", source_hash="y")
+        class_locations={}, preprocessing_hash="x", source_hash="y")
 
 
 def _labels_cropped() -> np.ndarray:

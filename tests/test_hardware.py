@@ -18,7 +18,7 @@ GIB = 2**30
 
 def _budget(**kw) -> HardwareBudget:
     base = dict(device="cpu", gpu_name=None, gpu_total_memory_gb=None, gpu_free_memory_gb=None, cpu_cores=8,
-                ram_total_gb=16.0, ram_available_gb=10.0, cpu_bf16=False, training_time_budget_s=None)
+                ram_total_gb=16.0, ram_available_gb=10.0, cpu_bf16=False)
     base.update(kw)
     return HardwareBudget(**base)
 
@@ -41,17 +41,24 @@ def test_gpu_memory_override_plans_for_a_gpu_on_any_machine():
     assert "8.0 GB" in text and "--gpu-memory-gb 8" in text
 
 
-def test_cpu_device_override_and_time_budget():
-    hw = detect_hardware(device="CPU", time_budget_s=5400.0)
+def test_cpu_device_override():
+    hw = detect_hardware(device="CPU")
     assert hw.device == "cpu"
     assert hw.gpu_name is None and hw.gpu_total_memory_gb is None
     assert hw.overrides == {"--device": "cpu"}
-    assert hw.training_time_budget_s == 5400.0
     assert usable_cpu_cores() >= 1
     lines = describe(hw)
     assert lines[0].startswith(f"CPU only: {hw.cpu_cores} core")
     assert "no native bf16" in lines[0] or "native bf16" in lines[0]
-    assert any("1h30m" in line for line in lines)
+
+
+@pytest.mark.parametrize("seconds", [0.0, -5.0, float("nan"), float("inf")])
+def test_a_time_budget_must_be_a_positive_duration(seconds):
+    from autoseg.planning.base import check_time_budget
+
+    assert check_time_budget(5400) == 5400.0 and check_time_budget(None) is None
+    with pytest.raises(AutosegError, match="positive duration"):
+        check_time_budget(seconds)
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -59,7 +66,6 @@ def test_cpu_device_override_and_time_budget():
     (dict(device="cpu", gpu_memory_gb=8), "--device cpu"),
     (dict(gpu_memory_gb=-1), "positive"),
     (dict(gpu_memory_gb=float("nan")), "positive"),
-    (dict(time_budget_s=0.0), "positive"),
 ])
 def test_bad_requests_say_what_to_do(kwargs, words):
     with pytest.raises(AutosegError, match=words.replace("-", r"\-")):

@@ -29,11 +29,11 @@ def make_fingerprint(spacings, shapes, *, channels=None, labels=None, ndim=3, re
 
 
 def gpu(gb: float) -> HardwareBudget:
-    return HardwareBudget("cuda", "Test GPU", gb, gb, 8, 64.0, 48.0, False, None)
+    return HardwareBudget("cuda", "Test GPU", gb, gb, 8, 64.0, 48.0, False)
 
 
-def cpu(time_budget_s: float | None = 3600.0, gflops: float | None = 80.0, ram: float = 16.0) -> HardwareBudget:
-    return HardwareBudget("cpu", None, None, None, 2, 32.0, ram, False, time_budget_s, gflops)
+def cpu(gflops: float | None = 80.0, ram: float = 16.0) -> HardwareBudget:
+    return HardwareBudget("cpu", None, None, None, 2, 32.0, ram, False, gflops)
 
 
 def hippocampus(relative_size=1.0) -> Fingerprint:
@@ -74,7 +74,7 @@ def decision(decisions, subject):
 
 def test_nnunet_v2_reproduces_known_hippocampus_plan():
     # nnU-Net v2 plans Task04 Hippocampus as 2d [56, 40] batch 366, 3d_fullres [40, 56, 40] batch 9
-    plans = get_planner("nnunet_v2").plan(hippocampus(), cpu())
+    plans = get_planner("nnunet_v2").plan(hippocampus(), cpu(), time_budget_s=3600.0)
     assert set(plans.configurations) == {"2d", "3d_fullres"}
     full, flat = plans.configurations["3d_fullres"], plans.configurations["2d"]
     assert full.patch_size == [40, 56, 40] and full.batch_size == 9
@@ -187,7 +187,7 @@ def test_more_gpu_memory_never_gives_less_patch_times_batch(fp_name):
 
 def test_gpu_plan_uses_free_memory_when_smaller():
     fp = large_ct()
-    free_small = HardwareBudget("cuda", "Busy GPU", 24.0, 6.0, 8, 64.0, 48.0, False, None)
+    free_small = HardwareBudget("cuda", "Busy GPU", 24.0, 6.0, 8, 64.0, 48.0, False)
     plans = get_planner("default").plan(fp, free_small)
     assert all(cfg.estimated_memory_gb <= 6.0 * 0.9 + 1e-6 for cfg in plans.configurations.values())
 
@@ -195,8 +195,8 @@ def test_gpu_plan_uses_free_memory_when_smaller():
 @pytest.mark.parametrize("fp_name", ["hippocampus", "large_ct", "anisotropic"])
 def test_cpu_larger_time_budget_gives_more_work_or_iterations(fp_name):
     fp = FINGERPRINTS[fp_name]()
-    short = get_planner("default").plan(fp, cpu(time_budget_s=600))
-    long = get_planner("default").plan(fp, cpu(time_budget_s=6 * 3600))
+    short = get_planner("default").plan(fp, cpu(), time_budget_s=600)
+    long = get_planner("default").plan(fp, cpu(), time_budget_s=6 * 3600)
     for name, cfg in short.configurations.items():
         if name not in long.configurations:
             continue
@@ -209,7 +209,7 @@ def test_cpu_larger_time_budget_gives_more_work_or_iterations(fp_name):
 
 
 def test_cpu_plan_reaches_minimum_iterations_and_records_estimates():
-    plans = get_planner("default").plan(hippocampus(), cpu(time_budget_s=1800, gflops=60))
+    plans = get_planner("default").plan(hippocampus(), cpu(gflops=60), time_budget_s=1800)
     for cfg in plans.configurations.values():
         assert decision(cfg.decisions, "training_iterations").value >= 250
         assert cfg.estimated_gflop_per_iteration > 0 and 0 < cfg.estimated_memory_gb < 16 * 0.75
@@ -219,16 +219,16 @@ def test_cpu_plan_reaches_minimum_iterations_and_records_estimates():
 
 
 def test_cpu_defaults_are_said_and_tiny_budget_warns():
-    plans = get_planner("default").plan(large_ct(), cpu(time_budget_s=None, gflops=None))
+    plans = get_planner("default").plan(large_ct(), cpu(gflops=None), time_budget_s=None)
     reason = decision(plans.configurations["3d_fullres"].decisions, "device").reason
     assert "20 minutes assumed" in reason and "50 GFLOP/s assumed" in reason
-    tiny = get_planner("default").plan(large_ct(), cpu(time_budget_s=20, gflops=5))
+    tiny = get_planner("default").plan(large_ct(), cpu(gflops=5), time_budget_s=20)
     assert any("--time-budget" in w for w in tiny.warnings)
 
 
 def test_cpu_ram_limit_shrinks_the_patch():
-    roomy = get_planner("default").plan(large_ct(), cpu(time_budget_s=10 ** 7, gflops=1000, ram=64.0))
-    tight = get_planner("default").plan(large_ct(), cpu(time_budget_s=10 ** 7, gflops=1000, ram=2.0))
+    roomy = get_planner("default").plan(large_ct(), cpu(gflops=1000, ram=64.0), time_budget_s=10 ** 7)
+    tight = get_planner("default").plan(large_ct(), cpu(gflops=1000, ram=2.0), time_budget_s=10 ** 7)
     a, b = roomy.configurations["3d_fullres"], tight.configurations["3d_fullres"]
     assert math.prod(b.patch_size) * b.batch_size < math.prod(a.patch_size) * a.batch_size
     assert b.estimated_memory_gb <= 2.0 * 0.75
@@ -247,7 +247,7 @@ def test_label_warnings():
 
 def test_explain_lists_hardware_decisions_summaries_and_warnings():
     fp = make_fingerprint([(1.0, 1.0, 1.0)] * 10, [(64, 64, 64)] * 10, component_voxels=20.0, absent=3)
-    plans = get_planner("default").plan(fp, cpu())
+    plans = get_planner("default").plan(fp, cpu(), time_budget_s=3600.0)
     text = "\n".join(explain_plans(plans))
     assert "Hardware planned for: CPU only, 2 cores" in text
     assert "Configuration 3d_fullres (3D):" in text and "GFLOP per iteration" in text

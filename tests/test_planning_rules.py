@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from autoseg.planning.base import data_identifier, normalization_scheme_for, preprocessing_fields_hash
+from autoseg.planning.base import data_identifier, normalization_scheme_for
+from autoseg.preprocessing.identity import preprocessing_hash
 from autoseg.planning.memory import (conv_feature_map_size, estimate_gpu_memory_gb, estimate_training_ram_gb,
                                      estimated_seconds_per_iteration_cpu, gflop_per_iteration, num_parameters)
 from autoseg.planning.spacing import (fullres_target_spacing, inverse_permutation, lowres_spacing_step,
@@ -166,7 +167,7 @@ def test_data_identifier_is_readable_and_content_derived():
     assert a != data_identifier([1.0, 0.79, 0.79], [0, 1, 2], norm, ResamplingSpec(image_order=1))
 
 
-def test_preprocessing_fields_hash_ignores_training_fields():
+def test_preprocessing_hash_ignores_training_fields():
     from dataclasses import replace
 
     from autoseg.schemas import ConfigurationPlan
@@ -177,9 +178,9 @@ def test_preprocessing_fields_hash_ignores_training_fields():
                              patch_size=[8, 8, 8], batch_size=2, normalization=norm, resampling=ResamplingSpec(),
                              network=_tiny_spec(), foreground_oversample_fraction=0.33, mirror_axes=[0, 1, 2],
                              dummy_2d_augmentation=False, estimated_memory_gb=1.0, estimated_gflop_per_iteration=1.0)
-    h = preprocessing_fields_hash(plan)
-    assert h == preprocessing_fields_hash(replace(plan, batch_size=7, patch_size=[16, 16, 16]))
-    assert h != preprocessing_fields_hash(replace(plan, spacing_zyx_mm=[2.0, 1.0, 1.0]))
+    h = preprocessing_hash(plan)
+    assert h == preprocessing_hash(replace(plan, batch_size=7, patch_size=[16, 16, 16]))
+    assert h != preprocessing_hash(replace(plan, spacing_zyx_mm=[2.0, 1.0, 1.0]))
 
 
 @pytest.mark.parametrize("name, scheme", [("CT", "ct"), ("ct", "ct"), ("noNorm", "no_norm"), ("nonorm", "no_norm"),

@@ -15,7 +15,7 @@ from autoseg.errors import AutosegError
 from autoseg.inference.predict_cases import PREDICTION_INFO_JSON
 from autoseg.inference.predictor import Predictor
 from autoseg.training.validation import _with_previous_stage
-from autoseg.pipeline import load_manifest, load_plans
+from autoseg.store import load_manifest, load_plans
 from autoseg.schemas import Splits, load_json
 from autoseg.workdir import Workdir
 from tests.conftest import CASCADE_DATASET, FAST_TRAIN

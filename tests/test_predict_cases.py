@@ -15,7 +15,7 @@ from autoseg.data.image_io import read_image, read_image_info, read_label, write
 from autoseg.errors import AutosegError
 from autoseg.model.export import load_probabilities
 from autoseg.inference.predict_cases import PREDICTION_INFO_JSON, predict_cases
-from autoseg.pipeline import load_plans, plans_hash
+from autoseg.store import load_plans, plans_hash
 from tests.synthetic import case_id, make_synthetic_dataset
 
 TRAIN = ["--epochs", "1", "--iterations-per-epoch", "2", "--validation-iterations", "1", "--no-validation",

@@ -17,7 +17,7 @@ from autoseg.errors import AutosegError, StaleArtifactError
 from autoseg.model.export import load_probabilities
 from autoseg.inference.predictor import Predictor, _resolve_precision
 from autoseg.inference.uncertainty import MemberStore
-from autoseg.pipeline import load_plans, plans_hash
+from autoseg.store import load_plans, plans_hash
 from autoseg.schemas import SCHEMA_VERSION, Geometry, PostprocessingStep, Selection, save_json
 from autoseg.workdir import Workdir
 from tests.synthetic import case_id, make_synthetic_dataset

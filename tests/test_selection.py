@@ -15,9 +15,11 @@ from autoseg.errors import AutosegError, StaleArtifactError
 from autoseg.inference.ensemble import average_probabilities, segmentations_of_ensembles
 from autoseg.model.export import probabilities_to_segmentation, save_probabilities
 from autoseg.parallel import fork_map
-from autoseg.pipeline import plans_hash, resolve_training_settings
+from autoseg.store import plans_hash
+from autoseg.usecases.train import resolve_training_settings
 from autoseg.planning.registry import get_planner
-from autoseg.schemas import (Candidate, CaseFiles, CaseFingerprint, DatasetManifest, Fingerprint, Fold,
+from autoseg.schemas import (SCHEMA_VERSION, Candidate, CaseFiles, CaseFingerprint, DatasetManifest, Fingerprint,
+                             Fold, FoldSummary,
                              Geometry, HardwareBudget, IntensityStats, LabelStats, Selection, Splits, load_json,
                              save_json, stable_hash, to_dict)
 from autoseg.selection import _rank_key, find_best, format_ranking
@@ -68,9 +70,10 @@ def _write_validation(wd: Workdir, config: str, fold: int, val: list[str], *, pr
         write_segmentation(probabilities_to_segmentation(p), GEOMETRY, vdir / f"{cid}.nii.gz")
         if probs:
             save_probabilities(p, wd.validation_probabilities(config, fold, cid), case_id=cid)
-    atomic_write_json(wd.validation_summary_json(config, fold),
-                      {"configuration": config, "fold": fold, "seconds_per_case": {c: SECONDS[config] for c in val},
-                       "mean_seconds_per_case": SECONDS[config]})
+    save_json(FoldSummary(SCHEMA_VERSION, config, str(fold), checkpoint_hash="", num_cases=len(val), labels=[1, 2],
+                          per_class={}, foreground_mean={}, per_case={},
+                          seconds_per_case={c: SECONDS[config] for c in val}, mean_seconds_per_case=SECONDS[config]),
+              wd.validation_summary_json(config, fold))
 
 
 @pytest.fixture
@@ -82,7 +85,7 @@ def run(tmp_path):
     labels_dir.mkdir()
     for cid in CASES:
         write_segmentation(_reference(), GEOMETRY, labels_dir / f"{cid}.nii.gz")
-    budget = HardwareBudget("cpu", None, None, None, 2, 8.0, 4.0, False, None, 100.0)
+    budget = HardwareBudget("cpu", None, None, None, 2, 8.0, 4.0, False, 100.0)
     plans = get_planner("nnunet_v2").plan(_fingerprint(), budget)
     assert set(plans.configurations) == {"2d", "3d_fullres"}
     save_json(plans, wd.plans_json)
@@ -219,11 +222,11 @@ def test_folds_trained_with_other_plans_are_refused(run):
     current_2d = stable_hash(plans.configuration("2d"))
     for config, fold, phash in (("2d", 0, current_2d), ("3d_fullres", 1, "0123456789abcdef")):
         settings = resolve_training_settings(plans, plans.configuration(config), str(fold), {"device": "cpu"})
-        save_json(replace(settings, plans_hash=phash), run.train_settings_json(config, fold))
+        save_json(replace(settings, configuration_hash=phash), run.train_settings_json(config, fold))
     with pytest.raises(StaleArtifactError) as err:
         find_best(run.root, progress=False)
     msg = str(err.value)
-    assert f"3d_fullres fold 1: {run.train_settings_json('3d_fullres', 1)} records plans hash 0123456789abcdef" in msg
+    assert f"3d_fullres fold 1: {run.train_settings_json('3d_fullres', 1)} made from other inputs: configuration_hash '0123456789abcdef'" in msg
     assert f"rm -r {run.fold_dir('3d_fullres', 1)} && autoseg train --workdir {run.root} -c 3d_fullres --fold 1" in msg
     assert f"autoseg find-best --workdir {run.root} -c 2d" in msg and "2d fold" not in msg
     assert not run.selection_json.exists()

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from autoseg.cli import main
-from autoseg.pipeline import load_plans, resolve_training_settings
+from autoseg.store import load_plans
+from autoseg.usecases.train import resolve_training_settings
 from autoseg.schemas import Splits, TrainingSettings, load_json
 from autoseg.model.checkpoint import load_checkpoint
 from autoseg.training.splits import fold_cases

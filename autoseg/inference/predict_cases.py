@@ -30,6 +30,7 @@ from .. import __version__
 from ..atomic import atomic_write_json
 from ..errors import AutosegError
 from ..schemas import CaseFiles, to_dict
+from ..store import RunStore, file_hash
 from .case_io import case_output_paths
 from .predictor import PredictionResult, Predictor, PreparedCase
 
@@ -264,9 +265,8 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
     models in prediction_info.json); after every other case is written and prediction_info.json
     is saved, AutosegError lists the failed cases.
     """
-    from ..pipeline import load_manifest
-
-    manifest = load_manifest(workdir)
+    store = RunStore(workdir)
+    manifest = store.manifest()
     output_dir = Path(output_dir).resolve()
     jobs: list[tuple[CaseFiles, str]] = []
     failed: dict[str, str] = {}
@@ -322,6 +322,9 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
         "fast": predictor.fast,
         "postprocessing": to_dict(predictor.postprocessing),
         "plans_hash": predictor.plans_hash,
+        # the selection.json it followed (content hash), so a later run can tell whether it still holds
+        "selection_hash": (file_hash(store.wd.selection_json) if predictor.selection_winner is not None
+                           and store.wd.selection_json.exists() else None),
         "device": str(predictor.device),
         "precision": dict(predictor.precisions),
         "num_workers": workers,

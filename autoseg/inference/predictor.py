@@ -33,6 +33,7 @@ import torch
 from ..errors import AutosegError
 from ..schemas import (SCHEMA_VERSION, CaseFiles, CaseProperties, ConfigurationPlan, Geometry,
                        PostprocessingStep, load_json)
+from ..store import RunStore, plans_hash
 from ..workdir import CHECKPOINT_KINDS, Workdir
 from .cascade_predict import cascade_input, stage_order
 from .case_io import case_id_and_files, image_geometry, read_case_image, write_case_outputs
@@ -100,7 +101,7 @@ def _properties(case_id: str, geometry: Geometry, info: dict[str, Any]) -> CaseP
         shape_before_crop_zyx=info["shape_before_crop"], crop_bbox_zyx=info["crop_bbox"],
         shape_after_crop_zyx=info["shape_after_crop"], spacing_before_zyx_mm=info["spacing_before"],
         spacing_after_zyx_mm=info["spacing_after"], shape_after_resampling_zyx=info["shape_after_resampling"],
-        class_locations={}, plans_hash="", source_hash="")
+        class_locations={}, preprocessing_hash="", source_hash="")
 
 
 class Predictor:
@@ -131,11 +132,9 @@ class Predictor:
                  folds: Sequence[int | str] | None = None, device: str | torch.device | None = None,
                  precision: str = "auto", fast: bool = False, step_size: float | None = None,
                  mirror: bool | None = None, checkpoint: str = "final", postprocessing: bool = True):
-        from ..pipeline import load_plans, plans_hash
-        from ..selection import read_selection
-
         self.workdir = Workdir(workdir)
-        self.plans = load_plans(self.workdir.root)
+        self.store = RunStore(self.workdir)
+        self.plans = self.store.plans()
         self.plans_hash = plans_hash(self.plans)
         if checkpoint not in CHECKPOINT_KINDS:
             raise AutosegError(f"checkpoint '{checkpoint}' is unknown; expected one of {', '.join(CHECKPOINT_KINDS)}")
@@ -152,10 +151,10 @@ class Predictor:
             configurations = [configurations]
         if isinstance(folds, (int, str)):
             folds = [folds]
-        selection = read_selection(self.workdir.root, self.plans_hash, optional=configurations is not None)
+        selection = self.store.selection_for(self.plans, optional=configurations is not None)
         folds_given = folds is not None
         if configurations is None:
-            assert selection is not None  # read_selection raised otherwise
+            assert selection is not None  # selection_for raised otherwise
             configurations = selection.winner_configurations
             if folds is None:
                 folds = selection.folds
@@ -224,10 +223,8 @@ class Predictor:
                            f"or predict with the folds that exist (--folds ...)")
 
     def _check_current(self) -> None:
-        from ..pipeline import refuse_stale_folds
-
-        refuse_stale_folds(self.workdir, self.plans, [(c, f) for c in self.stages for f in self.folds],
-                           purpose="to predict", alternative="or predict with other folds (--folds) or "
+        self.store.refuse_stale_folds(self.plans, [(c, f) for c in self.stages for f in self.folds],
+                                      purpose="to predict", alternative="or predict with other folds (--folds) or "
                                                              "configurations (-c)")
 
     def _load(self, cfg: ConfigurationPlan, precision: str) -> None:

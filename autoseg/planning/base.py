@@ -20,13 +20,13 @@ from __future__ import annotations
 import abc
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from .. import __version__
 from ..errors import AutosegError
 from ..schemas import (SCHEMA_VERSION, ChannelNormalization, ConfigurationPlan, Configuration, Decision, Fingerprint,
-                       HardwareBudget, NetworkSpec, Plans, ResamplingSpec, stable_hash, to_dict)
+                       HardwareBudget, NetworkSpec, Plans, ResamplingSpec, stable_hash)
+from ..preprocessing.identity import data_identifier
 from .memory import gflop_per_iteration
 from .spacing import (fullres_target_spacing, inverse_permutation, lowres_spacing_step, median_resampled_shape,
                       permute, transpose_order)
@@ -38,33 +38,6 @@ CHANNEL_NAME_TO_SCHEME = {"ct": "ct", "nonorm": "no_norm", "zscore": "zscore",
                           "rescale_to_0_1": "rescale_0_1", "rgb_to_0_1": "rgb_0_1"}
 #: Masked z-score when the crop keeps less than this fraction of the image (median over cases).
 USE_MASK_RELATIVE_SIZE_THRESHOLD = 0.75
-
-
-# --------------------------------------------------------------------------- preprocessing identity
-
-def _preprocessing_fields(spacing_zyx_mm: Sequence[float], transpose_forward: Sequence[int],
-                          normalization: Sequence[ChannelNormalization], resampling: ResamplingSpec) -> dict:
-    return {"spacing_zyx_mm": [float(s) for s in spacing_zyx_mm],
-            "transpose_forward": [int(a) for a in transpose_forward],
-            "normalization": to_dict(list(normalization)), "resampling": to_dict(resampling)}
-
-
-def data_identifier(spacing_zyx_mm: Sequence[float], transpose_forward: Sequence[int],
-                    normalization: Sequence[ChannelNormalization], resampling: ResamplingSpec) -> str:
-    """Folder name under ``preprocessed/``, e.g. ``s1.00x0.79x0.79_1a2b3c4d``.
-
-    Derived from exactly the fields that change preprocessing (target spacing, transpose,
-    normalization list, resampling), so configurations that preprocess alike share a folder.
-    """
-    fields = _preprocessing_fields(spacing_zyx_mm, transpose_forward, normalization, resampling)
-    spacing = "x".join(f"{float(s):.2f}" for s in spacing_zyx_mm)
-    return f"s{spacing}_{stable_hash(fields)[:8]}"
-
-
-def preprocessing_fields_hash(plan: ConfigurationPlan) -> str:
-    """Hash of the fields of ``plan`` that change preprocessing; a case made under another hash is stale."""
-    return stable_hash(_preprocessing_fields(plan.spacing_zyx_mm, plan.transpose_forward,
-                                             plan.normalization, plan.resampling))
 
 
 # --------------------------------------------------------------------------- sizing contract
@@ -84,6 +57,7 @@ class SizingRequest:
     num_classes: int  # including background
     num_cases: int
     dataset_voxels: float
+    time_budget_s: float | None = None  # wall-clock seconds per training given by the user (None: not given)
 
 
 @dataclass(frozen=True)
@@ -97,6 +71,19 @@ class Sizing:
     estimated_gflop_per_iteration: float
     decisions: list[Decision] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+
+DEFAULT_CPU_TIME_BUDGET_S = 20 * 60.0  # what a CPU plan without --time-budget assumes (and training then uses)
+
+
+def check_time_budget(seconds: float | None) -> float | None:
+    """``seconds`` as a float, or AutosegError when it is not a positive finite duration."""
+    if seconds is None:
+        return None
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+        raise AutosegError(f"the time budget must be a positive duration, found {seconds!r} s; "
+                           f"give e.g. --time-budget 2h")
+    return float(seconds)
 
 
 def normalization_scheme_for(channel_name: str) -> str:
@@ -136,10 +123,20 @@ class Planner(abc.ABC):
     max_lowres_steps: int = 1000
     #: dummy 2D augmentation when max(patch) / patch[0] exceeds this (3D only).
     dummy_2d_aspect_threshold: float = 3.0
+    #: seconds per training a CPU plan assumes without --time-budget (recorded in plans.json; training uses it)
+    default_cpu_time_budget_s: float = DEFAULT_CPU_TIME_BUDGET_S
 
-    def plan(self, fingerprint: Fingerprint, budget: HardwareBudget) -> Plans:
-        """Plan every configuration for ``fingerprint`` on ``budget``; a pure function of both."""
+    def plan(self, fingerprint: Fingerprint, budget: HardwareBudget, time_budget_s: float | None = None) -> Plans:
+        """Plan every configuration for ``fingerprint`` on ``budget``; a pure function of its arguments.
+
+        ``time_budget_s``: wall-clock seconds per training. On a CPU without it the planner assumes
+        :attr:`default_cpu_time_budget_s`; either is recorded once, in ``Plans.time_budget_s``, and
+        reaches the sizing steps as ``SizingRequest.time_budget_s``.
+        """
         check_fingerprint(fingerprint)
+        given = check_time_budget(time_budget_s)
+        seconds = given if given is not None else (self.default_cpu_time_budget_s if budget.device == "cpu" else None)
+        self._time_budget_s = given  # the sizing steps fall back to default_cpu_time_budget_s themselves
         spacing, d_spacing = self.target_spacing(fingerprint)
         forward, d_transpose = self.transpose(fingerprint, spacing)
         normalization, d_norm = self.normalization(fingerprint)
@@ -152,7 +149,8 @@ class Planner(abc.ABC):
         return Plans(schema_version=SCHEMA_VERSION, planner=self.name, autoseg_version=__version__,
                      dataset_name=fingerprint.dataset_name, fingerprint_hash=stable_hash(fingerprint),
                      hardware=budget, configurations=configs,
-                     decisions=[d_spacing, d_transpose, *d_norm, *d_configs], warnings=warnings)
+                     decisions=[d_spacing, d_transpose, *d_norm, *d_configs], warnings=warnings,
+                     time_budget_s=seconds, time_budget_given=given is not None)
 
     # ------------------------------------------------------------------ steps
 
@@ -231,7 +229,8 @@ class Planner(abc.ABC):
         median = median_resampled_shape(spacings, shapes, spacing)
         med_t, sp_t = permute(median, forward), permute(spacing, forward)
         common = dict(in_channels=len(fingerprint.channel_names), num_classes=len(fingerprint.labels),
-                      num_cases=len(fingerprint.cases), dataset_voxels=math.prod(med_t) * len(fingerprint.cases))
+                      num_cases=len(fingerprint.cases), dataset_voxels=math.prod(med_t) * len(fingerprint.cases),
+                      time_budget_s=getattr(self, "_time_budget_s", None))
         build = dict(forward=forward, normalization=normalization, resampling=resampling)
         configs: dict[str, ConfigurationPlan] = {}
         decisions: list[Decision] = []

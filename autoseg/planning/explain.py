@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..schemas import ConfigurationPlan, Decision, HardwareBudget, Plans
+from ..schemas import ConfigurationPlan, Decision, Plans
 
 
 def _duration(seconds: float) -> str:
@@ -17,7 +17,8 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
-def _hardware_lines(hw: HardwareBudget) -> list[str]:
+def _hardware_lines(plans: Plans) -> list[str]:
+    hw = plans.hardware
     if hw.device == "cuda":
         free = "" if hw.gpu_free_memory_gb is None else f", {hw.gpu_free_memory_gb:.1f} GB free"
         name = hw.gpu_name or "CUDA GPU"
@@ -32,7 +33,12 @@ def _hardware_lines(hw: HardwareBudget) -> list[str]:
         bf16 = ", native bf16" if hw.cpu_bf16 else ""
         lines = [f"Hardware planned for: CPU only, {hw.cpu_cores} cores{bf16}, throughput {gflops}, "
                  f"{hw.ram_available_gb:.1f} of {hw.ram_total_gb:.1f} GB RAM available"]
-    budget = "none given" if hw.training_time_budget_s is None else _duration(hw.training_time_budget_s)
+    if plans.time_budget_s is None:
+        budget = "none (trainings run their epochs)"
+    else:
+        budget = _duration(plans.time_budget_s) + ("" if plans.time_budget_given else
+                                                   " (no --time-budget given: the CPU plan's default, which "
+                                                   "`autoseg train` uses too)")
     lines.append(f"Time budget per training: {budget}")
     if hw.overrides:
         lines.append("Overridden by the user: " + ", ".join(f"{k}={v}" for k, v in sorted(hw.overrides.items())))
@@ -70,7 +76,7 @@ def explain_plans(plans: Plans) -> list[str]:
     """One readable line per fact: header, hardware, dataset-level decisions, each configuration
     (summary, then its decisions), then the warnings."""
     lines = [f"Plans for {plans.dataset_name} by planner '{plans.planner}' (autoseg {plans.autoseg_version})"]
-    lines += _hardware_lines(plans.hardware)
+    lines += _hardware_lines(plans)
     lines.append("")
     lines.append("Dataset-level decisions:")
     lines += _decision_lines(plans.decisions, "  ")

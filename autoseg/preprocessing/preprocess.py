@@ -27,8 +27,10 @@ from ..atomic import atomic_save_npy
 from ..errors import AutosegError
 from ..schemas import (SCHEMA_VERSION, CaseFiles, CaseProperties, ConfigurationPlan, DatasetManifest,
                        load_json, save_json, stable_hash)
+from ..store import freshness
 from ..workdir import Workdir
 from .crop import crop_to_bbox, crop_to_nonzero
+from .identity import preprocessing_hash
 from .normalize import normalize
 from .resample import compute_new_shape, is_dummy_spacing, resample_data, resample_segmentation
 
@@ -210,13 +212,6 @@ def case_source_hash(case: CaseFiles) -> str:
     return stable_hash(entries)
 
 
-def plan_preprocessing_hash(plan: ConfigurationPlan) -> str:
-    """Hash of the plan fields that change preprocessed data (``planning.base.preprocessing_fields_hash``)."""
-    from ..planning.base import preprocessing_fields_hash  # lazy: planning is not needed to import this
-
-    return preprocessing_fields_hash(plan)
-
-
 def _label_values(labels: Mapping[str, int] | Sequence[int]) -> list[int]:
     values = labels.values() if isinstance(labels, Mapping) else labels
     return sorted({int(v) for v in values})
@@ -272,24 +267,26 @@ def preprocess_case(case: CaseFiles, plan: ConfigurationPlan, out_dir: str | os.
         crop_bbox_zyx=info["crop_bbox"], shape_after_crop_zyx=info["shape_after_crop"],
         spacing_before_zyx_mm=info["spacing_before"], spacing_after_zyx_mm=info["spacing_after"],
         shape_after_resampling_zyx=info["shape_after_resampling"], class_locations=class_locations,
-        plans_hash=plan_preprocessing_hash(plan), source_hash=source_hash)
+        preprocessing_hash=preprocessing_hash(plan), source_hash=source_hash)
     save_json(props, json_path)
     return props
 
 
 # --------------------------------------------------------------------------- a dataset
 
-def _is_current(case: CaseFiles, out_dir: Path, plans_hash: str) -> bool:
+def _is_current(case: CaseFiles, out_dir: Path, expected_hash: str) -> bool:
+    """The case's files are there and its sidecar records the current preprocessing and source hashes."""
     data_path, seg_path, json_path = _case_paths(out_dir, case.case_id)
-    if not json_path.is_file() or not data_path.is_file():
-        return False
-    if case.label is not None and not seg_path.is_file():
+    if not data_path.is_file() or (case.label is not None and not seg_path.is_file()):
         return False
     try:
-        props = load_json(CaseProperties, json_path)
+        props = load_json(CaseProperties, json_path) if json_path.is_file() else None
     except AutosegError:
-        return False
-    return props.plans_hash == plans_hash and props.source_hash == case_source_hash(case)
+        props = None
+    recorded = None if props is None else {"preprocessing_hash": props.preprocessing_hash,
+                                           "source_hash": props.source_hash}
+    return freshness(json_path, recorded, {"preprocessing_hash": expected_hash,
+                                           "source_hash": case_source_hash(case)}).current
 
 
 def estimate_case_memory_gb(cases: Sequence[CaseFiles], plan: ConfigurationPlan) -> float:
@@ -346,8 +343,8 @@ def preprocess_dataset(manifest: DatasetManifest, plan: ConfigurationPlan, workd
     """
     out_dir = workdir.preprocessed_dir(plan.data_identifier)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plans_hash = plan_preprocessing_hash(plan)
-    todo = [c for c in manifest.cases if overwrite or not _is_current(c, out_dir, plans_hash)]
+    expected_hash = preprocessing_hash(plan)
+    todo = [c for c in manifest.cases if overwrite or not _is_current(c, out_dir, expected_hash)]
     logger.info("preprocessing %s: %d case(s) to process, %d up to date in %s", plan.name, len(todo),
                 len(manifest.cases) - len(todo), out_dir)
     if not todo:

@@ -10,6 +10,7 @@ segmentation on the next stage's preprocessed grid to ``predicted_next_stage/<ca
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -19,9 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_save_npy, atomic_write_json
+from ..atomic import atomic_save_npy
 from ..errors import AutosegError
-from ..schemas import CaseProperties, ConfigurationPlan, DatasetManifest, Plans, TrainingSettings, load_json
+from ..schemas import (SCHEMA_VERSION, CaseProperties, ConfigurationPlan, DatasetManifest, FoldSummary, Plans,
+                       TrainingSettings, load_json)
+from ..store import RunStore, file_hash, freshness
 from ..workdir import Workdir
 from ..model.cascade import append_previous_stage, next_stage_segmentation
 from ..model.case_prediction import predict_preprocessed_case
@@ -35,7 +38,7 @@ def validate_fold(wd: Workdir, plans: Plans, config: ConfigurationPlan, settings
                   network: torch.nn.Module, val_ids: list[str], manifest: DatasetManifest, *,
                   progress: bool = True, save_probabilities_npz: bool = True,
                   precision: str | None = None,
-                  previous_stage_segs: Mapping[str, Path] | None = None) -> dict[str, Any]:
+                  previous_stage_segs: Mapping[str, Path] | None = None) -> FoldSummary:
     """Predict every validation case, write it, score it against the original labels; returns the summary.
 
     ``previous_stage_segs`` (required for a configuration with ``previous_stage``): case id -> the
@@ -59,8 +62,16 @@ def validate_fold(wd: Workdir, plans: Plans, config: ConfigurationPlan, settings
         network.set_deep_supervision(False)
     network.eval()
     per_case: dict[str, Any] = {}
-    seconds: dict[str, float] = _previous_seconds(wd.validation_summary_json(config.name, fold))
     final_ckpt = wd.checkpoint(config.name, fold, "final")
+    ckpt_hash = file_hash(final_ckpt) if final_ckpt.exists() else ""
+    store = RunStore(wd)
+    summary_path = wd.validation_summary_json(config.name, fold)
+    previous = store.fold_summary(config.name, fold)
+    # predictions on disk are reused only when the summary says they were made by this very network
+    reuse = bool(ckpt_hash) and freshness(summary_path, None if previous is None else
+                                          {"checkpoint_hash": previous.checkpoint_hash or None},
+                                          {"checkpoint_hash": ckpt_hash}).current
+    seconds: dict[str, float] = dict(previous.seconds_per_case) if reuse else {}
     if config.previous_stage and previous_stage_segs is None:
         raise AutosegError(f"{config.name} predicts from the {config.previous_stage} segmentations, but none "
                            f"were given for validating fold {fold}; validate it through `autoseg train`.")
@@ -69,7 +80,8 @@ def validate_fold(wd: Workdir, plans: Plans, config: ConfigurationPlan, settings
         pred_path = out_dir / f"{cid}{manifest.file_ending}"
         prob_path = wd.validation_probabilities(config.name, fold, cid)
         props = load_json(CaseProperties, pre / f"{cid}.json")
-        if not _current(pred_path, final_ckpt) or (save_probabilities_npz and not _current(prob_path, final_ckpt)):
+        reused = reuse and pred_path.exists() and (not save_probabilities_npz or prob_path.exists())
+        if not reused:
             t0 = time.monotonic()
             data = np.asarray(np.load(pre / f"{cid}.npy", mmap_mode="r"))
             if config.previous_stage:
@@ -87,29 +99,19 @@ def validate_fold(wd: Workdir, plans: Plans, config: ConfigurationPlan, settings
             seg, _ = read_label(pred_path)
         if next_cfg is not None:
             next_path = wd.lowres_predictions_dir(config.name, fold) / f"{cid}_seg.npy"
-            if not _current(next_path, final_ckpt) or not _current(next_path, pred_path):
+            if not (reused and next_path.exists()):
                 write_next_stage_segmentation(wd, next_cfg, cid, np.asarray(seg), next_path)
         ref, geom = read_label(cases[cid].label)
         per_case[cid] = evaluate_case(np.asarray(seg), np.asarray(ref).astype(np.int64), fg, geom.spacing_zyx)
-    summary = summarize(per_case, fg, {v: labels[v] for v in fg})
-    summary["configuration"] = config.name
-    summary["fold"] = fold
+    metrics = json.loads(json.dumps(summarize(per_case, fg, {v: labels[v] for v in fg}), default=float))
     seconds = {k: v for k, v in seconds.items() if k in per_case}
-    summary["seconds_per_case"] = seconds
-    if seconds:
-        summary["mean_seconds_per_case"] = float(np.mean(list(seconds.values())))
-    atomic_write_json(wd.validation_summary_json(config.name, fold), summary)
+    summary = FoldSummary(schema_version=SCHEMA_VERSION, configuration=config.name, fold=str(fold),
+                          checkpoint_hash=ckpt_hash, seconds_per_case=seconds,
+                          mean_seconds_per_case=float(np.mean(list(seconds.values()))) if seconds else None,
+                          **{k: metrics[k] for k in ("num_cases", "labels", "per_class", "foreground_mean",
+                                                     "per_case")})
+    store.save(summary, summary_path)
     return summary
-
-
-def _previous_seconds(summary_path: Path) -> dict[str, float]:
-    """Timings of an earlier validation run, kept for the cases whose predictions are reused."""
-    import json
-
-    try:
-        return dict(json.loads(summary_path.read_text()).get("seconds_per_case") or {})
-    except (OSError, ValueError):
-        return {}
 
 
 def write_next_stage_segmentation(wd: Workdir, next_config: ConfigurationPlan, case_id: str, seg: np.ndarray,
@@ -144,10 +146,3 @@ def _with_previous_stage(data: np.ndarray, segs: Mapping[str, Path], case_id: st
                            f"{', '.join(map(str, data.shape[1:]))}); delete it and re-run the "
                            f"{config.previous_stage} fold that validates this case to write it again.")
     return append_previous_stage(data, prev[0], config)
-
-
-def _current(path: Path, reference: Path) -> bool:
-    """``path`` exists and is newer than ``reference`` (the checkpoint it was made from)."""
-    if not path.exists():
-        return False
-    return not reference.exists() or path.stat().st_mtime >= reference.stat().st_mtime

@@ -25,12 +25,15 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_json
 from ..errors import AutosegError
+from ..schemas import FoldSummary
+from ..store import RunStore, file_hash, freshness
 from ..workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,25 @@ DEMO_TIME_BUDGET_S = 600.0
 N_FOLDS = 5
 TARGET_DICE = 0.85  # below this mean foreground Dice on the held-out cases the demo warns
 _GENERATOR_VERSION = 2  # bump when the generator's output changes, so old demo datasets are not reused
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What the demo did and where everything is (demo_summary.json holds the same, less plans_explained)."""
+
+    time_budget_s: float
+    total_seconds: float
+    stage_seconds: dict[str, float]
+    mean_foreground_dice: float | None
+    dice_per_class: dict[str, float | None]
+    target_dice: float
+    dice_below_target: bool
+    selection: dict[str, Any]  # winner, cv_foreground_dice
+    trainings: list[dict[str, Any]]  # one per training run now: configuration, fold, budget_s, seconds, ...
+    overlay_png: str
+    overlay_case: str
+    paths: dict[str, str]
+    plans_explained: list[str]
 
 
 def make_demo_dataset(root: str | Path, *, n_cases: int = DEMO_CASES, n_test_cases: int = DEMO_TEST_CASES,
@@ -107,58 +129,51 @@ class _Clock:
             self.stages[name] = self.stages.get(name, 0.0) + time.monotonic() - t0
 
 
-def _fold_finished(wd: Workdir, configuration: str, fold: int) -> bool:
-    """Trained (checkpoint_final.pt) and validated after that (validation/summary.json newer)."""
-    final, summary = wd.checkpoint(configuration, fold, "final"), wd.validation_summary_json(configuration, fold)
-    return final.exists() and summary.exists() and summary.stat().st_mtime >= final.stat().st_mtime
-
-
 def _validation_seconds_per_case(wd: Workdir, configuration: str, n_folds: int) -> float | None:
     """Mean measured final-validation seconds per case over the validated folds (None if none)."""
-    from ..atomic import read_json
-
     values = []
     for f in range(n_folds):
-        path = wd.validation_summary_json(configuration, f)
-        if path.exists():
-            values += [float(v) for v in (read_json(path).get("seconds_per_case") or {}).values()]
+        summary = RunStore(wd).fold_summary(configuration, f)
+        if summary is not None:
+            values += [float(v) for v in summary.seconds_per_case.values()]
     return sum(values) / len(values) if values else None
 
 
-def _dice_text(summary: dict) -> str:
-    per = " / ".join(f"{r['name']} {r['dice']:.3f}" for r in summary["per_class"].values() if r["dice"] is not None)
-    fg = summary["foreground_mean"]["dice"]
+def _dice_text(summary: FoldSummary) -> str:
+    per = " / ".join(f"{r['name']} {r['dice']:.3f}" for r in summary.per_class.values() if r["dice"] is not None)
+    fg = summary.foreground_dice
     return f"{per} (foreground mean {fg:.3f})" if fg is not None else per or "no Dice"
 
 
 def _plan(dataset: Path, run_dir: Path, planning_budget_s: float, *, num_workers: int | None, progress: bool,
           cpu_gflops: float | None, report: Callable[[str], None]):
     """plan_dataset with the demo's per-training budget; finished trainings keep the plans they used."""
-    from ..pipeline import load_plans, plan_dataset
+    from .plan import plan_dataset
 
     wd = Workdir(run_dir)
     if wd.plans_json.exists() and any(wd.results_root.glob("*/fold_*/checkpoint_*.pt")):
-        recorded = load_plans(run_dir).hardware.training_time_budget_s
+        recorded = RunStore(run_dir).plans().time_budget_s
         if recorded is not None and recorded != planning_budget_s:
             report(f"{run_dir} has trainings planned for {recorded:.0f} s each: keeping those plans "
                    f"(this --time-budget would plan for {planning_budget_s:.0f} s); the budget still sets how long "
                    f"the unfinished trainings run")
             planning_budget_s = recorded
     return plan_dataset(dataset, run_dir, time_budget_s=planning_budget_s, num_workers=num_workers,
-                        progress=progress, cpu_gflops=cpu_gflops)
+                        progress=progress, cpu_gflops=cpu_gflops).plans
 
 
 def _train_all(run_dir: Path, plans, total_s: float, clock: _Clock, *, n_test_cases: int, min_training_s: float,
                overrides: dict, progress: bool, report: Callable[[str], None]) -> list[dict[str, Any]]:
     """Train every (configuration, fold) not finished yet, one after the other in this process."""
     from .budget_split import TRAINING_OVERHEAD_S, estimate_tail_seconds, split_training_budget
-    from ..pipeline import load_manifest, train_fold
+    from .train import train_fold
 
-    wd = Workdir(run_dir)
+    store = RunStore(run_dir)
+    wd = store.wd
     configs = list(plans.configurations)
-    n_cv = len(load_manifest(run_dir).cases)
+    n_cv = len(store.manifest().cases)
     trainings = [(c, f) for c in configs for f in range(N_FOLDS)]
-    todo = [t for t in trainings if not _fold_finished(wd, *t)]
+    todo = [t for t in trainings if not store.fold_finished(*t)]
     done = len(trainings) - len(todo)
     if done:
         report(f"{done} of {len(trainings)} trainings already finished in {wd.results_root}: reusing them")
@@ -189,13 +204,14 @@ def _train_all(run_dir: Path, plans, total_s: float, clock: _Clock, *, n_test_ca
         report(f"[{done + i + 1}/{len(trainings)}] {c} fold {f}: budget {share:.0f} s "
                f"({clock.elapsed():.0f} s of {total_s:.0f} s used so far)")
         t0 = time.monotonic()
-        state, summary = train_fold(run_dir, c, str(f), overrides=o, progress=progress)
-        precision.setdefault(c, state.precision)
+        trained = train_fold(run_dir, c, str(f), overrides=o, progress=progress)
+        summary = trained.summary
+        precision.setdefault(c, trained.precision)
         seconds = time.monotonic() - t0
-        iterations = sum(int(r.get("iterations", 0)) for r in state.log)
+        iterations = trained.iterations
         report(f"    {seconds:.0f} s, {iterations} iterations, validation Dice {_dice_text(summary)}")
         results.append({"configuration": c, "fold": f, "budget_s": round(share, 1), "seconds": round(seconds, 1),
-                        "iterations": iterations, "foreground_dice": summary["foreground_mean"]["dice"]})
+                        "iterations": iterations, "foreground_dice": summary.foreground_dice})
     return results
 
 
@@ -207,10 +223,13 @@ def _predict(run_dir: Path, images: Path, out_dir: Path, *, progress: bool,
 
     info_path, selection = out_dir / PREDICTION_INFO_JSON, Workdir(run_dir).selection_json
     cases = sorted(p.name[: -len("_0000.nii.gz")] for p in images.glob("*_0000.nii.gz"))
-    if info_path.exists() and info_path.stat().st_mtime >= selection.stat().st_mtime:
+    if info_path.exists():
         info = read_json(info_path)
-        if sorted(info.get("predicted_cases", [])) == cases and not info.get("failed_cases"):
-            report(f"predictions in {out_dir} are newer than the selection: reusing them")
+        made_for = {"selection_hash": info.get("selection_hash") or "none", "cases": sorted(info.get("predicted_cases", [])),
+                    "failed": bool(info.get("failed_cases"))}
+        if freshness(info_path, made_for, {"selection_hash": file_hash(selection), "cases": cases,
+                                           "failed": False}).current:
+            report(f"predictions in {out_dir} were made with the current selection: reusing them")
             return info
     info = predict_cases(run_dir, images, out_dir, progress=progress)
     report(f"predicted {len(info['predicted_cases'])} held-out case(s) with {', '.join(info['configurations'])} "
@@ -245,8 +264,8 @@ def run_demo(workdir: str | Path, *, time_budget_s: float = DEMO_TIME_BUDGET_S, 
              report: Callable[[str], None] | None = None, n_cases: int = DEMO_CASES,
              n_test_cases: int = DEMO_TEST_CASES, shape_zyx: Sequence[int] = DEMO_SHAPE_ZYX,
              num_workers: int | None = None, min_training_s: float | None = None,
-             training_overrides: dict | None = None, cpu_gflops: float | None = None) -> dict[str, Any]:
-    """Run the whole demo in ``workdir`` within ``time_budget_s`` seconds; returns what demo_summary.json holds.
+             training_overrides: dict | None = None, cpu_gflops: float | None = None) -> DemoResult:
+    """Run the whole demo in ``workdir`` within ``time_budget_s`` seconds (demo_summary.json holds the result).
 
     ``report(line)`` receives the progress lines (stage headers, the explained plan, the budget, one
     line per training, the ranking, the evaluation table); default: the log, which then also warns
@@ -258,9 +277,8 @@ def run_demo(workdir: str | Path, *, time_budget_s: float = DEMO_TIME_BUDGET_S, 
     """
     from .budget_split import MIN_TRAINING_S, planning_budget_per_training
     from ..evaluation import evaluate_folders, format_table
-    from ..pipeline import load_manifest
     from ..planning.explain import explain_plans
-    from ..selection import find_best, format_ranking
+    from .find_best import find_best
 
     quiet_warning = report is not None  # a caller with its own report prints the Dice warning itself
     report = report or log.info
@@ -299,15 +317,16 @@ def run_demo(workdir: str | Path, *, time_budget_s: float = DEMO_TIME_BUDGET_S, 
     header(4, "find-best")
     # predict does not chain 3d_lowres -> 3d_cascade_fullres yet, so cascade stages are not candidates
     candidates = [c for c, cfg in plans.configurations.items() if not cfg.previous_stage]
-    selection = clock.run("find-best", lambda: find_best(run_dir, configurations=candidates, progress=progress))
-    report(format_ranking(selection))
+    best = clock.run("find-best", lambda: find_best(run_dir, configurations=candidates, progress=progress))
+    selection = best.selection
+    report(best.ranking)
 
     header(5, "predict held-out cases")
     info = clock.run("predict", lambda: _predict(run_dir, dataset / "imagesTs", pred_dir, progress=progress,
                                                  report=report))
 
     header(6, "evaluate")
-    manifest = load_manifest(run_dir)
+    manifest = RunStore(run_dir).manifest()
     label_names = {v: k for k, v in manifest.labels.items() if v != 0}
 
     def evaluate() -> dict:
@@ -326,7 +345,7 @@ def run_demo(workdir: str | Path, *, time_budget_s: float = DEMO_TIME_BUDGET_S, 
            f"prediction)")
 
     dice = evaluation["foreground_mean"]["dice"]
-    result = {
+    fields = {
         "time_budget_s": time_budget_s, "total_seconds": round(clock.elapsed(), 1),
         "stage_seconds": {k: round(v, 1) for k, v in clock.stages.items()},
         "mean_foreground_dice": dice,
@@ -339,8 +358,9 @@ def run_demo(workdir: str | Path, *, time_budget_s: float = DEMO_TIME_BUDGET_S, 
                   "run": str(run_dir), "dataset": str(dataset), "summary": str(root / "demo_summary.json")},
         "plans_explained": explain_plans(plans),
     }
-    atomic_write_json(root / "demo_summary.json", {k: v for k, v in result.items() if k != "plans_explained"})
-    if result["dice_below_target"] and not quiet_warning:
+    result = DemoResult(**fields)
+    atomic_write_json(root / "demo_summary.json", {k: v for k, v in fields.items() if k != "plans_explained"})
+    if result.dice_below_target and not quiet_warning:
         log.warning("mean foreground Dice %s on the held-out cases is below the demo's target of %.2f", dice,
                     TARGET_DICE)
     return result

@@ -1,0 +1,160 @@
+"""Use case `autoseg plan`: check → fingerprint → hardware → plan → split → preprocess.
+
+Every step keeps an output that is current (decided by :func:`autoseg.store.freshness`) and redoes
+one that is stale or missing; ``overwrite`` redoes them all.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .. import __version__
+from ..errors import AutosegError, StaleArtifactError
+from ..schemas import SCHEMA_VERSION, ConfigurationPlan, DatasetManifest, Fingerprint, HardwareBudget, Plans, Splits
+from ..schemas import stable_hash
+from ..store import RunStore, freshness, plans_hash
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    workdir: Path
+    plans: Plans
+    explained: list[str]  # every decision with its reason (= plans_explained.txt)
+
+
+def _fingerprint(manifest: DatasetManifest, store: RunStore, *, num_workers: int | None, progress: bool,
+                 overwrite: bool) -> Fingerprint:
+    from ..fingerprint import extract_fingerprint
+
+    path = store.wd.fingerprint_json
+    old = None if overwrite else store.read_optional(Fingerprint, path)
+    fresh = freshness(path, None if old is None else {"dataset_hash": old.dataset_hash},
+                      {"dataset_hash": manifest.dataset_hash})
+    if fresh.current:
+        log.info("fingerprint.json is current (dataset unchanged): reusing it")
+        return old
+    if old is not None:
+        log.info("dataset changed since fingerprint.json was written: extracting it again")
+    fp = extract_fingerprint(manifest, num_workers=num_workers, progress=progress)
+    store.save(fp, path)
+    return fp
+
+
+def _plans(fp: Fingerprint, hardware: HardwareBudget, time_budget_s: float | None, planner_name: str,
+           store: RunStore, *, overwrite: bool) -> Plans:
+    from ..planning.registry import get_planner
+
+    wd = store.wd
+    new = get_planner(planner_name).plan(fp, hardware, time_budget_s=time_budget_s)
+    new = replace(new, planner=planner_name, autoseg_version=__version__,
+                  fingerprint_hash=stable_hash(fp), schema_version=SCHEMA_VERSION)
+    if wd.plans_json.exists() and not overwrite:
+        try:
+            old = store.plans()
+        except AutosegError as e:
+            raise StaleArtifactError(f"{wd.plans_json} cannot be read ({e}); rerun `autoseg plan` with "
+                                     f"--overwrite to plan again") from None
+
+        def inputs(p: Plans) -> dict:
+            return {"fingerprint_hash": p.fingerprint_hash, "planner": p.planner,
+                    "overrides": p.hardware.overrides, "time_budget_s": p.time_budget_s}
+
+        if freshness(wd.plans_json, inputs(old), inputs(new)).current:
+            log.info("plans.json is current (same fingerprint, planner and budget): keeping it; "
+                     "use --overwrite to plan again for this machine")
+            return old
+        if plans_hash(old) != plans_hash(new):
+            trained = list(wd.results_root.glob("*/fold_*/checkpoint_*.pt")) if wd.results_root.exists() else []
+            if trained:
+                raise StaleArtifactError(
+                    f"{wd.plans_json} was made from other inputs (planner '{old.planner}', "
+                    f"fingerprint {old.fingerprint_hash}, budget {old.time_budget_s} s, overrides "
+                    f"{old.hardware.overrides}) and {len(trained)} checkpoint(s) in {wd.results_root} were "
+                    f"trained with it. Rerun `autoseg plan` with --overwrite to replace the plans (retrain "
+                    f"afterwards), or use another --workdir.")
+            log.info("planning inputs changed: replacing plans.json")
+    store.save(new, wd.plans_json)
+    return new
+
+
+def _splits(case_ids: list[str], store: RunStore, *, splits_file: str | Path | None, seed: int,
+            overwrite: bool) -> Splits:
+    from ..training.splits import load_user_splits, make_splits
+
+    path = store.wd.splits_json
+    ids_hash = stable_hash(sorted(case_ids))
+    if splits_file is not None:
+        splits = load_user_splits(splits_file, case_ids)
+    else:
+        old = None if overwrite else store.read_optional(Splits, path)
+        if old is not None and old.source != "generated":
+            load_user_splits(path, case_ids)  # a user's file: still valid for these cases?
+            log.info("splits.json (%s) is current: keeping it", old.source)
+            return old
+        if freshness(path, None if old is None else {"case_ids_hash": old.case_ids_hash},
+                     {"case_ids_hash": ids_hash}).current:
+            log.info("splits.json is current: keeping it")
+            return old
+        if old is not None:
+            log.info("the training cases changed: making new splits")
+        splits = make_splits(case_ids, n_folds=5, seed=seed)
+    splits = replace(splits, case_ids_hash=ids_hash)
+    store.save(splits, path)
+    return splits
+
+
+def preprocessing_groups(plans: Plans) -> dict[str, ConfigurationPlan]:
+    """One configuration per data_identifier: configurations that share preprocessing share a folder."""
+    groups: dict[str, ConfigurationPlan] = {}
+    for cfg in plans.configurations.values():
+        groups.setdefault(cfg.data_identifier, cfg)
+    return groups
+
+
+def plan_dataset(dataset_dir: str | Path, workdir: str | Path, *, planner: str = "default",
+                 device: str | None = None, gpu_memory_gb: float | None = None,
+                 time_budget_s: float | None = None, splits_file: str | Path | None = None,
+                 split_seed: int = 12345, num_workers: int | None = None, progress: bool = True,
+                 overwrite: bool = False, measure_cpu: bool = True, cpu_gflops: float | None = None) -> PlanResult:
+    """validate → fingerprint → plan → split → preprocess. Safe to re-run: current outputs are kept.
+
+    ``time_budget_s``: wall-clock seconds per training, recorded once in plans.json (on a CPU without
+    it the planner records the default it assumed; training uses the same). Nothing is written to
+    ``workdir`` when the dataset check fails.
+    """
+    from ..atomic import atomic_write_text
+    from ..data.dataset import load_dataset
+    from ..hardware import detect_hardware, resolve_device
+    from ..planning.base import check_time_budget
+    from ..planning.explain import explain_plans
+    from ..planning.registry import get_planner
+    from ..preprocessing.preprocess import preprocess_dataset
+
+    get_planner(planner)  # fail on an unknown name or a bad budget before any work
+    check_time_budget(time_budget_s)
+    log.info("checking dataset %s", dataset_dir)
+    manifest = load_dataset(dataset_dir, num_workers=num_workers or 1, progress=progress)
+    log.info("dataset OK: %d training cases, %d channel(s), labels %s", len(manifest.cases),
+             manifest.num_channels, manifest.labels)
+
+    store = RunStore(workdir)
+    store.save(manifest, store.wd.manifest_json)
+    fp = _fingerprint(manifest, store, num_workers=num_workers, progress=progress, overwrite=overwrite)
+    speed = None
+    if measure_cpu and cpu_gflops is None and resolve_device(device, gpu_memory_gb) == "cpu":
+        from ..training.speed_probe import measure_cpu_speed
+
+        speed = measure_cpu_speed()
+    hardware = detect_hardware(device=device, gpu_memory_gb=gpu_memory_gb, cpu_speed=speed, cpu_gflops=cpu_gflops)
+    plans = _plans(fp, hardware, time_budget_s, planner, store, overwrite=overwrite)
+    explained = explain_plans(plans)
+    atomic_write_text(store.wd.plans_explained_txt, "\n".join(explained) + "\n")
+    _splits([c.case_id for c in manifest.cases], store, splits_file=splits_file, seed=split_seed,
+            overwrite=overwrite)
+    for data_id, cfg in preprocessing_groups(plans).items():
+        log.info("preprocessing for %s (%s)", cfg.name, data_id)
+        preprocess_dataset(manifest, cfg, store.wd, num_workers=num_workers, progress=progress, overwrite=overwrite)
+    return PlanResult(workdir=store.root, plans=plans, explained=explained)

@@ -1,0 +1,52 @@
+"""Use case `autoseg predict`: segment new images with the selection (find-best is run first when the
+work folder has none) or with the configurations named."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..store import RunStore
+from .find_best import FindBestResult, find_best
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    output_dir: Path
+    configurations: list[str]
+    folds: list[Any]
+    predicted_cases: list[str]
+    failed_cases: dict[str, str]
+    total_seconds: float
+    info_path: Path  # prediction_info.json
+    info: dict[str, Any] = field(repr=False, default_factory=dict)  # everything prediction_info.json holds
+    find_best: FindBestResult | None = None  # when it had to run first
+
+
+def predict(workdir: str | Path, inputs: str | Path | Sequence[str | Path], output_dir: str | Path, *,
+            configurations: Sequence[str] | None = None, folds: Sequence[int | str] | None = None,
+            fast: bool = False, step_size: float | None = None, mirror: bool | None = None,
+            save_probabilities: bool = False, save_uncertainty: bool = False, device: str | None = None,
+            progress: bool = True, num_workers: int | None = None) -> PredictResult:
+    """Predict every case of ``inputs`` into ``output_dir`` (see :func:`autoseg.inference.predict_cases.predict_cases`)."""
+    from ..inference.predict_cases import PREDICTION_INFO_JSON, predict_cases
+
+    ran = None
+    if configurations is None and not RunStore(workdir).wd.selection_json.exists():
+        log.info("no selection yet: running find-best first")
+        ran = find_best(workdir, progress=progress, num_workers=num_workers)
+    if not isinstance(inputs, (str, Path)) and len(inputs) == 1:
+        inputs = inputs[0]
+    info = predict_cases(workdir, inputs, output_dir, configurations=configurations, folds=folds, fast=fast,
+                         step_size=step_size, mirror=mirror, save_probabilities=save_probabilities,
+                         save_uncertainty=save_uncertainty, device=device, progress=progress,
+                         num_workers=num_workers)
+    out = Path(output_dir).resolve()
+    return PredictResult(output_dir=out, configurations=list(info["configurations"]), folds=list(info["folds"]),
+                         predicted_cases=list(info["predicted_cases"]), failed_cases=dict(info["failed_cases"]),
+                         total_seconds=float(info["total_seconds"]), info_path=out / PREDICTION_INFO_JSON,
+                         info=info, find_best=ran)

@@ -1,0 +1,233 @@
+"""Use case `autoseg train`: one configuration on one fold (resuming by itself), then its final validation.
+
+Settings are the defaults sized for the device that is really here, then the user's overrides; the
+time budget is the one plans.json records (``Plans.time_budget_s``) unless --time-budget or --epochs
+is given, and the training's first log line says which.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..errors import AutosegError, StaleArtifactError
+from ..hardware import format_duration
+from ..schemas import SCHEMA_VERSION, ConfigurationPlan, FoldSummary, Plans, Splits, TrainingSettings, load_json
+from ..store import RunStore, State, configuration_hash
+from ..workdir import Workdir
+
+log = logging.getLogger(__name__)
+
+
+def default_training_settings(plans: Plans, config: ConfigurationPlan, fold: str, *,
+                              device: str | None = None) -> dict:
+    """Defaults before CLI overrides: nnU-Net's recipe, sized for the device that is really here."""
+    from ..hardware import usable_cpu_cores, worker_count
+
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    cores = usable_cpu_cores()
+    on_cpu = device == "cpu"
+    if on_cpu:
+        # "auto": the trainer times fp32 and bf16 steps on the real network and keeps the faster
+        # (bf16 won 1.9-2.9x for 3D and lost slightly for 2D on an AVX512-BF16 CPU with torch 2.13).
+        precision = "auto"
+        wanted = 0 if cores <= 4 else min(cores // 4, 4)  # compute-bound: keep the cores for the network
+    else:
+        precision = "fp16"
+        wanted = max(1, min(cores - 1, 12))
+    workers = 0 if wanted == 0 else worker_count(_augmentation_worker_gb(config), max_workers=wanted)
+    return dict(
+        schema_version=SCHEMA_VERSION, configuration=config.name, fold=str(fold),
+        epochs=1000, iterations_per_epoch=250, validation_iterations_per_epoch=20 if on_cpu else 50,
+        initial_lr=0.01, weight_decay=3e-5, momentum=0.99, grad_clip_norm=12.0, poly_exponent=0.9,
+        batch_size=config.batch_size, patch_size=list(config.patch_size),
+        foreground_oversample_fraction=config.foreground_oversample_fraction,
+        num_workers=workers, device=device, precision=precision,
+        seed=12345 + (int(fold) if str(fold).isdigit() else 99),
+        time_budget_s=plans.time_budget_s if (on_cpu or plans.time_budget_given) else None,
+        checkpoint_every_s=300.0, overrides={})
+
+
+def _augmentation_worker_gb(config: ConfigurationPlan) -> float:
+    """RAM of one augmentation worker: its queued batches of the enlarged initial patch (~1.5x per
+    axis for rotation/scaling) in float32, with the copies the transforms make (~12), plus ~0.4 GB of
+    interpreter and libraries."""
+    import math
+
+    voxels = math.prod(config.patch_size) * (1.5 ** len(config.patch_size)) * config.batch_size
+    channels = config.network.in_channels + 1  # images + segmentation
+    return 0.4 + voxels * channels * 4 * 12 / 1024**3
+
+
+def resolve_training_settings(plans: Plans, config: ConfigurationPlan, fold: str,
+                              overrides: dict, existing: Path | None = None):
+    """Defaults, then the user's overrides. An existing run keeps its settings unless they are overridden."""
+    from ..schemas import TrainingSettings, from_dict, to_dict
+
+    device = overrides.get("device")
+    base = default_training_settings(plans, config, fold, device=device)
+    if existing is not None and existing.exists():
+        old = to_dict(load_json(TrainingSettings, existing))
+        base.update({k: v for k, v in old.items() if k != "overrides"})
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    if "epochs" in clean and "time_budget_s" not in clean:
+        clean["time_budget_s"] = None  # an explicit epoch count wins over the planned budget
+    base.update(clean)
+    base["overrides"] = {**(base.get("overrides") or {}), **clean}
+    if base["precision"] == "fp16" and not str(base["device"]).startswith("cuda"):
+        raise AutosegError(f"--precision fp16 needs a CUDA device, but training runs on {base['device']}; "
+                           f"use --precision bf16 (CPUs with native bf16), fp32, or auto")
+    return from_dict(TrainingSettings, base, where="training settings")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    configuration: str
+    fold: str
+    precision: str | None  # the precision trained in ("auto" resolved)
+    iterations: int  # training iterations of the whole run (all resumes)
+    train_seconds: float  # wall seconds of the training (budget clock), validation excluded
+    time_budget_s: float | None
+    summary: FoldSummary | None  # the final validation (None with validate=False)
+
+
+def budget_line(plans: Plans, settings: TrainingSettings) -> str:
+    """The training's first line: how long it runs, and where that comes from."""
+    o = settings.overrides or {}
+    if settings.time_budget_s is None:
+        why = "--epochs" if "epochs" in o else ("no time budget in plans.json" if plans.time_budget_s is None
+                                               else "the device is not the CPU the plan's budget was made for")
+        return (f"schedule: {settings.epochs} epochs x {settings.iterations_per_epoch} iterations ({why}); "
+                f"no time budget")
+    if "time_budget_s" in o:
+        source = "--time-budget"
+    elif plans.time_budget_given:
+        source = "recorded in plans.json by `autoseg plan --time-budget`"
+    else:
+        source = ("the default recorded in plans.json: `autoseg plan` was given no --time-budget and sized the "
+                  "network for it; give --time-budget to change it")
+    return f"time budget {format_duration(settings.time_budget_s)} for this training ({source})"
+
+
+def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides: dict | None = None,
+               progress: bool = True, validate: bool = True) -> TrainResult:
+    """Train one configuration on one fold (resuming if a checkpoint exists), then validate it.
+
+    A cascade configuration (``previous_stage`` set) needs the previous stage's held-out segmentation of
+    every training and validation case (written by that stage's folds, see :func:`_require_previous_stage`).
+    """
+    from ..training.splits import fold_cases
+    from ..training.trainer import Trainer
+
+    store = RunStore(workdir)
+    wd = store.wd
+    plans = store.plans()
+    config = plans.configuration(configuration)
+    splits = store.splits()
+    train_ids, val_ids = fold_cases(splits, fold)
+    previous_segs = _require_previous_stage(wd, plans, config, splits, [*train_ids, *val_ids]) \
+        if config.previous_stage else None
+    settings_path = wd.train_settings_json(config.name, fold)
+    fresh = store.fold_freshness(plans, config.name, fold)
+    has_checkpoints = any(wd.checkpoint(config.name, fold, w).exists() for w in ("latest", "final"))
+    if has_checkpoints and fresh.state is State.STALE:
+        raise StaleArtifactError(
+            f"{wd.fold_dir(config.name, fold)} was trained with another plan for {config.name} (plans.json "
+            f"changed since: {fresh.reason}). Delete that folder to train this fold again with the current "
+            f"plans, or use another --workdir.")
+    settings = resolve_training_settings(plans, config, str(fold), overrides or {}, existing=settings_path)
+    settings = replace(settings, configuration_hash=configuration_hash(config))
+    _warn_if_smaller_device(plans, settings.device)
+    store.save(settings, settings_path)
+    log.info("training %s fold %s: %s", config.name, fold, budget_line(plans, settings))
+    log.info("training %s fold %s on %s (%s): %d training / %d validation cases", config.name, fold,
+             settings.device, settings.precision, len(train_ids), len(val_ids))
+    trainer = Trainer(wd, config, settings, train_ids, val_ids, progress=progress,
+                      previous_stage_segs=previous_segs)
+    state = trainer.fit()
+    summary = None
+    if validate:
+        from ..training.validation import validate_fold
+
+        summary = validate_fold(wd, plans, config, settings, trainer.network, val_ids, store.manifest(),
+                                progress=progress, precision=state.precision, previous_stage_segs=previous_segs)
+    return TrainResult(configuration=config.name, fold=str(fold), precision=state.precision,
+                       iterations=sum(int(r.get("iterations", 0)) for r in state.log),
+                       train_seconds=round(float(state.elapsed_s), 1), time_budget_s=settings.time_budget_s,
+                       summary=summary)
+
+
+def planned_in_training_order(workdir: str | Path) -> list[str]:
+    """Every configuration of plans.json, each after the stage it takes its input from."""
+    from ..inference.cascade_predict import stage_order
+
+    plans = RunStore(workdir).plans()
+    return stage_order(plans, list(plans.configurations))
+
+
+def _require_previous_stage(wd: Workdir, plans: Plans, config: ConfigurationPlan, splits: Splits,
+                            case_ids: list[str]) -> dict[str, Path]:
+    """case id -> the previous stage's ``<case>_seg.npy`` from the fold that held the case out.
+
+    Every file must exist; else AutosegError naming the missing files and the commands that write
+    them (training a previous-stage fold, or re-running a trained one, writes its held-out cases').
+    """
+    from ..model.cascade import cascade_foreground_labels
+    from ..training.cascade import previous_stage_fold, previous_stage_seg_paths
+
+    prev = config.previous_stage
+    paths = previous_stage_seg_paths(wd, splits, prev, case_ids)
+    missing = [cid for cid, path in paths.items() if not path.is_file()]
+    if missing:
+        folds = sorted({previous_stage_fold(splits, cid) for cid in missing})
+        cmds = "; ".join(f"autoseg train --workdir {wd.root} -c {prev} --fold {k}" for k in folds)
+        shown = ", ".join(str(paths[c]) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise AutosegError(f"{config.name} trains on the held-out predictions of {prev}, but {len(missing)} of "
+                           f"the {len(paths)} needed file(s) are missing ({shown}): {prev} folds {folds} are "
+                           f"not trained yet or did not finish their final validation. Run first: {cmds}")
+    n_extra = len(cascade_foreground_labels(config))
+    data_path = wd.case_data_npy(config.data_identifier, next(iter(paths))) if paths else None
+    if data_path is not None and data_path.is_file():  # a missing file is reported by the data loader
+        import numpy as np
+
+        channels = int(np.load(data_path, mmap_mode="r").shape[0])
+        if channels + n_extra != config.network.in_channels:
+            raise AutosegError(f"{wd.plans_json}: {config.name} takes network.in_channels="
+                               f"{config.network.in_channels}, but the images have {channels} channel(s) "
+                               f"({data_path.name}) and the {prev} prediction adds {n_extra} one-hot "
+                               f"channel(s), {channels + n_extra} in all; rerun `autoseg plan --overwrite`.")
+    return paths
+
+
+def _warn_if_smaller_device(plans: Plans, device: str) -> None:
+    hw = plans.hardware
+    if hw.device == "cuda" and device == "cpu":
+        log.warning("plans.json was made for a GPU (%s GB) but training runs on the CPU: it will be slow. "
+                    "Plan for this machine with `autoseg plan ... --device cpu --overwrite`.",
+                    hw.gpu_total_memory_gb)
+    if hw.device == "cuda" and device == "cuda":
+        import torch
+
+        total = torch.cuda.get_device_properties(0).total_memory / 1024**3
+        if hw.gpu_total_memory_gb and total < 0.9 * hw.gpu_total_memory_gb:
+            log.warning("this GPU has %.1f GB but the plans were made for %.1f GB: training may run out of "
+                        "memory. Re-plan with `autoseg plan ... --gpu-memory-gb %.0f --overwrite`.",
+                        total, hw.gpu_total_memory_gb, total)
+
+
+def train(workdir: str | Path, fold: str, *, configuration: str | None = None, overrides: dict | None = None,
+          progress: bool = True, validate: bool = True,
+          report: Callable[[str], None] | None = None) -> list[TrainResult]:
+    """`autoseg train`: ``configuration``, or every planned one in training order (previous stages
+    first), on ``fold``; ``report`` gets a header line before each when there are several."""
+    names = [configuration] if configuration else planned_in_training_order(workdir)
+    results = []
+    for i, name in enumerate(names):
+        if len(names) > 1 and report is not None:
+            report(f"== {name} fold {fold} ({i + 1} of {len(names)} configurations: {', '.join(names)})")
+        results.append(train_fold(workdir, name, fold, overrides=overrides, progress=progress, validate=validate))
+    return results
