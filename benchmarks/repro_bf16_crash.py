@@ -65,23 +65,36 @@ def child(args: argparse.Namespace) -> int:
     seg = torch.randint(0, args.classes, (args.batch, 1, *patch))
     targets = [torch.nn.functional.interpolate(seg.float(), size=[max(1, round(p * s)) for p, s in zip(patch, sc)],
                                                mode="nearest").long() for sc in scales]
-    dtype = torch.bfloat16 if args.precision == "bf16" else None
     print(json.dumps({"event": "start", "pid": os.getpid(), "torch": torch.__version__,
                       "threads": torch.get_num_threads(), "spec": spec.__dict__}), flush=True)
     t0 = time.perf_counter()
-    for it in range(args.iterations):
+
+    def step(it: int, precision: str, what: str = "step") -> None:
+        nonlocal x
         if args.new_batch:
             x = torch.randn(args.batch, 1, *patch)
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = net(x)
         loss = loss_fn([o.float() for o in out], targets)
-        print(json.dumps({"event": "backward", "iteration": it}), flush=True)
+        print(json.dumps({"event": "backward", "iteration": it, "precision": precision}), flush=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
         opt.step()
-        print(json.dumps({"event": "step", "iteration": it, "loss": round(float(loss), 4),
+        print(json.dumps({"event": what, "iteration": it, "precision": precision, "loss": round(float(loss), 4),
                           "elapsed_s": round(time.perf_counter() - t0, 2)}), flush=True)
+
+    if args.probe_first:  # what the old in-process probe did: fp32 then bf16 steps, weights restored after
+        import copy
+
+        model0, opt0 = copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict())
+        for precision in ("fp32", "bf16"):
+            for k in range(4):
+                step(k, precision, "probe")
+        net.load_state_dict(model0)
+        opt.load_state_dict(opt0)
+    for it in range(args.iterations):
+        step(it, args.precision)
     return 0
 
 
@@ -111,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-features", type=int, default=256)
     ap.add_argument("--threads", type=int, default=0, help="torch threads in the child (0: torch's default)")
     ap.add_argument("--new-batch", action="store_true", help="fresh random input every step")
+    ap.add_argument("--probe-first", action="store_true",
+                    help="first 4 fp32 and 4 bf16 steps, then restore the weights (the old in-process probe)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per child")
     ap.add_argument("--onednn-verbose", action="store_true", help="ONEDNN_VERBOSE=1 in the child; log to a file")

@@ -178,3 +178,17 @@ def _train_step_crashing_in_bf16_epoch_2(self, batch):
 
 def _train_step_always_crashing(self, batch):
     os.kill(os.getpid(), signal.SIGSEGV)
+
+
+class _Unpicklable(Exception):
+    def __init__(self, a, b):  # unpickling calls _Unpicklable(*self.args) with one argument: TypeError
+        super().__init__(f"{a}-{b}")
+
+
+def _raise_unpicklable():
+    raise _Unpicklable(1, 2)
+
+
+def test_exception_that_does_not_unpickle_comes_back_as_its_traceback() -> None:
+    with pytest.raises(RuntimeError, match="could not be sent back(.|\n)*_Unpicklable: 1-2"):
+        run_in_child(_raise_unpicklable, start_method="fork")

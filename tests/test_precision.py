@@ -157,3 +157,24 @@ class _OneThread:
     def __call__(self, precision: str) -> None:
         torch.set_num_threads(1)
         self.steps(precision)
+
+
+def test_trainer_steps_pickle_for_a_spawned_child(auto_trainer) -> None:
+    """A spawned child gets the trainer by pickle: that must keep working whatever the trainer holds."""
+    import pickle
+
+    from autoseg.training.precision import TrainerSteps
+
+    trainer = auto_trainer
+    trainer.hooks = [lambda *a: None]  # hooks need not pickle: the probe drops them
+    train_it, val_it = trainer._iterators()
+    try:
+        steps = TrainerSteps(trainer, next(train_it))
+    finally:
+        for it in (train_it, val_it):
+            if hasattr(it, "close"):
+                it.close()
+    copy_ = pickle.loads(pickle.dumps(steps))
+    copy_("fp32")
+    assert copy_.trainer.state.precision == "fp32" and trainer.state.precision is None
+    assert copy_.trainer.optimizer.state_dict()["state"] and not trainer.optimizer.state_dict()["state"]

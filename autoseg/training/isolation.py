@@ -234,8 +234,9 @@ def _child_main(conn, payload, setup, parent_pid: int) -> None:
     except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
         tb = traceback.format_exc()
         try:
+            pickle.loads(pickle.dumps(e))  # some exceptions pickle but do not unpickle
             _send(conn, ("error", e, tb))
-        except Exception:  # noqa: BLE001 - e.g. an exception that does not pickle
+        except Exception:  # noqa: BLE001 - then the traceback alone goes back
             _send(conn, ("error", None, tb))
     else:
         try:
