@@ -48,7 +48,11 @@ def child(args: argparse.Namespace) -> int:
     import torch
 
     from autoseg.training.augmentation import deep_supervision_scales
-    from autoseg.training.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
+    from autoseg.training.losses import (
+        DeepSupervisionLoss,
+        DiceCELoss,
+        deep_supervision_weights,
+    )
     from autoseg.training.network import build_network
 
     torch.manual_seed(args.seed)
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         with open(log_path, "w") as log:
             try:
-                rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False,
                                     timeout=args.timeout).returncode
             except subprocess.TimeoutExpired:
                 rc = None

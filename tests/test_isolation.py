@@ -165,7 +165,7 @@ def _single_threaded(fn, *args, **kwargs):
     return fn(*args, **kwargs)
 
 
-from autoseg.training.trainer import Trainer as _Trainer  # noqa: E402
+from autoseg.training.trainer import Trainer as _Trainer
 
 _REAL_TRAIN_STEP = _Trainer.train_step
 

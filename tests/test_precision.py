@@ -30,7 +30,7 @@ class _SleepySteps:
         time.sleep(self.seconds[precision])
 
 
-FAST = dict(warmup=1, max_steps=3, min_steps=2, seconds=1.0, start_method="fork")
+FAST = {"warmup": 1, "max_steps": 3, "min_steps": 2, "seconds": 1.0, "start_method": "fork"}
 
 
 def test_timings_decide_between_survivors() -> None:

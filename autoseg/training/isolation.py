@@ -77,8 +77,8 @@ def note(key: str, value: Any) -> None:
     if _CHANNEL is not None:
         try:
             _send(_CHANNEL, ("note", key, value))
-        except Exception:  # noqa: BLE001 - a note is never worth failing for
-            pass
+        except Exception as e:  # noqa: BLE001 - a note is never worth failing for
+            log.debug("note %s not sent: %s", key, e)
 
 
 def run_in_child(fn: Callable[..., Any], *args: Any, timeout: float | None = None,
