@@ -1,35 +1,107 @@
-"""Which precision to train in on a CPU: measured on the real network, not assumed.
+"""Which precision to train in on a CPU: measured on the real network, not assumed, and in a child process.
 
 bf16 convolutions were measured 1.9-2.9x faster than fp32 for 3D U-Nets, but 0.94x for some 2D
 ones, on an AVX512-BF16 CPU with torch 2.13 (docs/benchmarks/README.md), so the choice is timed.
+bf16 training steps were also reported to kill the process with SIGSEGV in ``loss.backward()``
+(docs/benchmarks/bf16_crash.md), so every candidate runs in its own child process
+(:func:`autoseg.training.isolation.run_in_child`): a candidate whose child dies is reported and
+dropped, and training falls back to fp32. The child also leaves this process's network and optimizer
+untouched.
 """
 from __future__ import annotations
 
 import copy
+import logging
+import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-import torch
+from .isolation import ChildCrashed, run_in_child
+
+log = logging.getLogger(__name__)
+
+PROBE_WARMUP_STEPS = 2  # untimed (oneDNN creates its kernels for the shapes)
+PROBE_MAX_STEPS = 8  # timed steps per candidate ...
+PROBE_MIN_STEPS = 3  # ... or fewer, at least these, once PROBE_SECONDS have passed
+PROBE_SECONDS = 5.0
+PROBE_TIMEOUT_S = 900.0  # a candidate's child still running after this is killed and dropped
+FALLBACK = "fp32"
 
 
-def time_precisions(network: torch.nn.Module, optimizer: torch.optim.Optimizer, step: Callable[[str], None],
-                    candidates: Sequence[str] = ("fp32", "bf16"), repeats: int = 3) -> dict[str, float]:
-    """Seconds per training step for each precision (after one warm-up step each).
+class TrainerSteps:
+    """``steps(precision)``: one real training step of ``trainer`` on ``batch`` in ``precision``.
 
-    ``step(precision)`` runs one real training step; the network's weights and the optimizer state
-    are restored afterwards, so the probe leaves no trace on training.
+    Picklable, to be run in a child process: it holds a shallow copy of the trainer without its hooks
+    and LR scheduler (the probe steps are not part of the schedule)."""
+
+    def __init__(self, trainer: Any, batch: Any):
+        self.trainer = copy.copy(trainer)
+        self.trainer.hooks, self.trainer.scheduler = [], None
+        self.batch = batch
+
+    def __call__(self, precision: str) -> None:
+        self.trainer.state.precision = precision
+        self.trainer.train_step(self.batch)
+
+
+def time_precisions(step: Callable[[str], None], candidates: Sequence[str] = ("fp32", "bf16"), *,
+                    warmup: int = PROBE_WARMUP_STEPS, max_steps: int = PROBE_MAX_STEPS,
+                    min_steps: int = PROBE_MIN_STEPS, seconds: float = PROBE_SECONDS,
+                    timeout: float | None = PROBE_TIMEOUT_S,
+                    start_method: str = "spawn") -> dict[str, float | ChildCrashed]:
+    """Median seconds per training step for each precision, or the ChildCrashed of its child.
+
+    Each candidate runs in a fresh child process (``step`` must be picklable, e.g. TrainerSteps):
+    ``warmup`` untimed steps, then timed steps until ``max_steps``, or ``min_steps`` once ``seconds``
+    have passed. A candidate other than fp32 whose steps raise an exception is reported as failed
+    (logged) and dropped; an exception in fp32 is raised (training in fp32 would raise it too).
     """
-    model0 = copy.deepcopy(network.state_dict())
-    opt0 = copy.deepcopy(optimizer.state_dict())
-    timings: dict[str, float] = {}
-    try:
-        for precision in candidates:
-            step(precision)  # warm-up: oneDNN creates its kernels for the shapes
-            t0 = time.perf_counter()
-            for _ in range(repeats):
-                step(precision)
-            timings[precision] = (time.perf_counter() - t0) / repeats
-    finally:
-        network.load_state_dict(model0)
-        optimizer.load_state_dict(opt0)
+    timings: dict[str, float | ChildCrashed] = {}
+    for precision in candidates:
+        try:
+            timings[precision] = run_in_child(_time_steps, step, precision, warmup, max_steps, min_steps,
+                                              seconds, timeout=timeout, start_method=start_method)
+        except Exception as e:
+            if precision == FALLBACK:
+                raise
+            timings[precision] = ChildCrashed(exitcode=0, notes={"error": f"{type(e).__name__}: {e}"})
     return timings
+
+
+def _time_steps(step: Callable[[str], None], precision: str, warmup: int, max_steps: int, min_steps: int,
+                seconds: float) -> float:
+    for _ in range(warmup):
+        step(precision)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_steps and not (len(times) >= min_steps and time.perf_counter() - start >= seconds):
+        t0 = time.perf_counter()
+        step(precision)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def choose_precision(timings: Mapping[str, float | ChildCrashed]) -> str:
+    """The fastest candidate that survived its probe; fp32 when none did. Each failed candidate is
+    logged as a warning naming it and how its child died (e.g. 'killed by signal 11 (SIGSEGV)')."""
+    survivors = {p: t for p, t in timings.items() if not isinstance(t, ChildCrashed)}
+    for precision, t in timings.items():
+        if isinstance(t, ChildCrashed):
+            why = t.notes.get("error") or f"its process was {t.describe()}"
+            log.warning("precision probe: %s training steps failed (%s); not training in %s%s", precision, why,
+                        precision, "" if survivors else f", falling back to {FALLBACK}")
+    if not survivors:
+        return FALLBACK
+    return min(survivors, key=survivors.get)
+
+
+def format_timings(timings: Mapping[str, float | ChildCrashed]) -> str:
+    """'fp32 0.513 s/it, bf16 crashed (signal 11)' for the log."""
+    parts = []
+    for precision, t in timings.items():
+        if isinstance(t, ChildCrashed):
+            parts.append(f"{precision} failed" + (f" ({t.signal_name})" if t.signal is not None else ""))
+        else:
+            parts.append(f"{precision} {t:.3f} s/it")
+    return ", ".join(parts)

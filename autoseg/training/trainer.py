@@ -297,28 +297,25 @@ class Trainer:
         return record
 
     def _resolve_precision(self, train_it) -> str:
-        """"auto": the faster of fp32 and bf16 on this network, timed (see training/precision.py)."""
+        """"auto": the faster of fp32 and bf16 on this network, timed in child processes; a candidate
+        whose child crashes is dropped, fp32 when none survives (see training/precision.py)."""
         p = self.settings.precision
         if p != "auto":
             return p
         if self.device.type == "cuda":
             return "fp16"
         from ..hardware import cpu_has_bf16
+        from .isolation import note
+        from .precision import TrainerSteps, choose_precision, format_timings
 
         if not cpu_has_bf16():
             return "fp32"
-        batch = next(train_it)
-        scheduler, self.scheduler = self.scheduler, None  # probe steps are not part of the schedule
-
-        def step(precision: str) -> None:
-            self.state.precision = precision
-            self.train_step(batch)
-
-        timings = time_precisions(self.network, self.optimizer, step)
-        self.scheduler = scheduler
-        best = min(timings, key=timings.get)
-        self.state.precision_probe = {k: round(v, 4) for k, v in timings.items()}
-        log.info("precision auto: fp32 %.3f s/it, bf16 %.3f s/it → %s", timings["fp32"], timings["bf16"], best)
+        # each candidate trains a few steps in its own child process: one that crashes (SIGSEGV) is dropped
+        timings = time_precisions(TrainerSteps(self, next(train_it)))
+        best = choose_precision(timings)
+        self.state.precision_probe = {k: round(v, 4) for k, v in timings.items() if isinstance(v, float)}
+        log.info("precision auto: %s → %s", format_timings(timings), best)
+        note("precision", best)  # for run_training_guarded, if this runs in its child
         return best
 
     def _iterations_this_epoch(self) -> int:

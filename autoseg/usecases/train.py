@@ -120,6 +120,7 @@ def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides:
     A cascade configuration (``previous_stage`` set) needs the previous stage's held-out segmentation of
     every training and validation case (written by that stage's folds, see :func:`_require_previous_stage`).
     """
+    from ..training.isolation import run_training_guarded
     from ..training.splits import fold_cases
     from ..training.trainer import Trainer
 
@@ -148,7 +149,7 @@ def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides:
              settings.device, settings.precision, len(train_ids), len(val_ids))
     trainer = Trainer(wd, config, settings, train_ids, val_ids, progress=progress,
                       previous_stage_segs=previous_segs)
-    state = trainer.fit()
+    state = run_training_guarded(trainer)  # bf16 on a CPU: fit() in a child process, fp32 again if it crashes
     summary = None
     if validate:
         from ..training.validation import validate_fold

@@ -1,0 +1,181 @@
+"""The precision probe: each candidate timed in its own child process; a candidate whose child
+crashes (SIGSEGV) is dropped with a warning and training falls back to fp32; the timings decide
+between the survivors; the trainer's own network and optimizer are left untouched."""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoseg.training import precision as precision_module
+from autoseg.training.isolation import ChildCrashed
+from autoseg.training.precision import choose_precision, format_timings, time_precisions
+
+
+class _SleepySteps:
+    """A picklable step: sleeps per precision, SIGSEGV for those in ``crash``."""
+
+    def __init__(self, seconds: dict[str, float], crash: tuple[str, ...] = ()):
+        self.seconds, self.crash = seconds, crash
+
+    def __call__(self, precision: str) -> None:
+        if precision in self.crash:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        time.sleep(self.seconds[precision])
+
+
+FAST = {"warmup": 1, "max_steps": 3, "min_steps": 2, "seconds": 1.0, "start_method": "fork"}
+
+
+def test_timings_decide_between_survivors() -> None:
+    timings = time_precisions(_SleepySteps({"fp32": 0.03, "bf16": 0.005}), **FAST)
+    assert set(timings) == {"fp32", "bf16"}
+    assert timings["fp32"] == pytest.approx(0.03, abs=0.02) and timings["bf16"] < timings["fp32"]
+    assert choose_precision(timings) == "bf16"
+    timings = time_precisions(_SleepySteps({"fp32": 0.005, "bf16": 0.03}), **FAST)
+    assert choose_precision(timings) == "fp32"
+
+
+def test_crashing_bf16_candidate_falls_back_to_fp32_with_a_warning(caplog) -> None:
+    timings = time_precisions(_SleepySteps({"fp32": 0.001, "bf16": 0.0}, crash=("bf16",)), **FAST)
+    assert isinstance(timings["bf16"], ChildCrashed) and timings["bf16"].signal == 11
+    assert isinstance(timings["fp32"], float)
+    with caplog.at_level(logging.WARNING):
+        assert choose_precision(timings) == "fp32"
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "bf16" in warning and "signal 11 (SIGSEGV)" in warning
+    assert "bf16 failed (SIGSEGV)" in format_timings(timings)
+
+
+def test_every_candidate_crashing_still_gives_fp32(caplog) -> None:
+    timings = {"fp32": ChildCrashed(signal=11, exitcode=-11), "bf16": ChildCrashed(signal=6, exitcode=-6)}
+    with caplog.at_level(logging.WARNING):
+        assert choose_precision(timings) == "fp32"
+    assert any("falling back to fp32" in r.getMessage() for r in caplog.records)
+
+
+def test_exception_in_bf16_is_a_failed_candidate_but_fp32_raises(caplog) -> None:
+    timings = time_precisions(_RaisingSteps("bf16"), **FAST)
+    assert isinstance(timings["bf16"], ChildCrashed) and "oneDNN said no" in timings["bf16"].notes["error"]
+    assert choose_precision(timings) == "fp32"
+    with pytest.raises(RuntimeError, match="oneDNN said no"):
+        time_precisions(_RaisingSteps("fp32"), **FAST)
+
+
+class _RaisingSteps:
+    def __init__(self, bad: str):
+        self.bad = bad
+
+    def __call__(self, precision: str) -> None:
+        if precision == self.bad:
+            raise RuntimeError("oneDNN said no")
+
+
+# --------------------------------------------------------------------------- in the trainer
+
+@pytest.fixture
+def auto_trainer(tmp_path: Path):
+    from autoseg.cli import main
+    from autoseg.store import load_plans
+    from autoseg.usecases.train import resolve_training_settings
+    from autoseg.schemas import Splits, load_json
+    from autoseg.training.splits import fold_cases
+    from autoseg.training.trainer import Trainer
+    from autoseg.workdir import Workdir
+    from tests.synthetic import make_synthetic_dataset
+
+    ds = make_synthetic_dataset(tmp_path / "Dataset013_Probe", n_cases=5, shape=(8, 16, 16))
+    run = tmp_path / "run"
+    assert main(["plan", str(ds), "--workdir", str(run), "--no-progress", "--num-workers", "1", "--device", "cpu",
+                 "--cpu-gflops", "100"]) == 0
+    wd = Workdir(run)
+    plans = load_plans(run)
+    config = plans.configuration("3d_fullres")
+    train_ids, val_ids = fold_cases(load_json(Splits, wd.splits_json), 0)
+    settings = resolve_training_settings(plans, config, "0", {
+        "epochs": 1, "iterations_per_epoch": 2, "validation_iterations_per_epoch": 1, "precision": "auto",
+        "num_workers": 0, "device": "cpu"})
+    return Trainer(wd, config, settings, train_ids, val_ids, progress=False)
+
+
+def test_trainer_probe_drops_a_crashing_bf16_and_leaves_its_network_alone(auto_trainer, monkeypatch,
+                                                                           caplog) -> None:
+    import autoseg.hardware
+    from autoseg.training.trainer import Trainer
+
+    real_step = Trainer.train_step
+    calls = []
+
+    def step(self, batch):  # inherited by the forked probe children
+        calls.append(self.state.precision)
+        if self.state.precision == "bf16":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    monkeypatch.setattr(autoseg.hardware, "cpu_has_bf16", lambda *a: True)  # also on a CPU without bf16
+    import autoseg.training.trainer as trainer_module
+
+    real_time = precision_module.time_precisions
+    monkeypatch.setattr(trainer_module, "time_precisions",
+                        lambda steps: real_time(_OneThread(steps), **{**FAST, "seconds": 0.1}))
+    trainer = auto_trainer
+    weights = copy.deepcopy(trainer.network.state_dict())
+    optimizer = copy.deepcopy(trainer.optimizer.state_dict())
+    train_it, val_it = trainer._iterators()
+    try:
+        with caplog.at_level(logging.INFO):
+            chosen = trainer._resolve_precision(train_it)
+    finally:
+        for it in (train_it, val_it):
+            if hasattr(it, "close"):
+                it.close()
+    assert chosen == "fp32"
+    assert set(trainer.state.precision_probe) == {"fp32"} and trainer.state.precision_probe["fp32"] > 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("bf16" in m and "SIGSEGV" in m for m in warnings), warnings
+    assert any("precision auto: fp32" in r.getMessage() and "bf16 failed (SIGSEGV) → fp32" in r.getMessage()
+               for r in caplog.records)
+    # the steps ran in the children only: this process trained nothing, weights and momentum untouched
+    assert calls == [] and trainer.state.precision is None
+    for k, v in trainer.network.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    assert trainer.optimizer.state_dict()["state"] == optimizer["state"] == {}
+
+
+class _OneThread:
+    """Forked children of a process that used torch's threads must run single-threaded."""
+
+    def __init__(self, steps):
+        self.steps = steps
+
+    def __call__(self, precision: str) -> None:
+        torch.set_num_threads(1)
+        self.steps(precision)
+
+
+def test_trainer_steps_pickle_for_a_spawned_child(auto_trainer) -> None:
+    """A spawned child gets the trainer by pickle: that must keep working whatever the trainer holds."""
+    import pickle
+
+    from autoseg.training.precision import TrainerSteps
+
+    trainer = auto_trainer
+    trainer.hooks = [lambda *a: None]  # hooks need not pickle: the probe drops them
+    train_it, val_it = trainer._iterators()
+    try:
+        steps = TrainerSteps(trainer, next(train_it))
+    finally:
+        for it in (train_it, val_it):
+            if hasattr(it, "close"):
+                it.close()
+    copy_ = pickle.loads(pickle.dumps(steps))
+    copy_("fp32")
+    assert copy_.trainer.state.precision == "fp32" and trainer.state.precision is None
+    assert copy_.trainer.optimizer.state_dict()["state"] and not trainer.optimizer.state_dict()["state"]
