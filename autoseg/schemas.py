@@ -484,6 +484,8 @@ class TrainingSettings:
     checkpoint_every_s: float
     overrides: dict[str, Any] = field(default_factory=dict)
     plans_hash: str = ""  # hash of the configuration plan trained with (a changed plan makes the fold stale)
+    lr_shape: str = "poly"  # registered decay shape (training/schedule.py): "poly" (exponent poly_exponent), "linear"
+    warmup_fraction: float = 0.0  # linear lr warm-up over this fraction of the training (time or iterations)
 
 
 # --------------------------------------------------------------------------- selection
