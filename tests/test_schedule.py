@@ -101,18 +101,3 @@ def test_poly_lr_reads_a_state_from_before_lr_shapes():
     s = PolyLR(_opt(), 1.0, 5, shape="linear")
     s.load_state_dict(old)
     assert s.shape == "poly" and s.lr == pytest.approx(0.01 * 0.5 ** 0.9)
-
-
-def test_total_iterations_for_budget_uses_partial_epochs():
-    from autoseg.training.budget import shortened_total_iterations, total_iterations_for_budget
-
-    # 2 full epochs of (250 x 1 s + 10 s) = 520 s fill 520 s exactly; no time left for a third
-    assert total_iterations_for_budget(520, 1.0, 250, 10) == 500
-    # 100 s: one partial epoch of 90 iterations plus its 10 s validation
-    assert total_iterations_for_budget(100, 1.0, 250, 10) == 90
-    # the Hippocampus case: 3 full epochs and a partial fourth instead of 3 whole epochs
-    assert total_iterations_for_budget(1070, 1.138, 250, 10) == 905
-    assert total_iterations_for_budget(-5, 1.0, 250, 10, done=7) == 7  # never below what is done
-    assert total_iterations_for_budget(0, 1.0, 250, 10) == 1
-    assert shortened_total_iterations(10, 100, 50, 1.0) == 60
-    assert shortened_total_iterations(10, 100, 500, 1.0) is None  # never extended
