@@ -126,9 +126,9 @@ def test_steady_clock_ends_at_the_budget_with_lr_zero(planned: Path, caplog) -> 
 @pytest.mark.parametrize("profile", ["slowdown", "speedup"])
 def test_a_machine_that_changes_speed_still_ends_on_time(planned: Path, profile: str) -> None:
     if profile == "slowdown":  # a competing process: steps 5x slower between 60 s and 160 s
-        step = lambda i, now: STEP_S * (5.0 if 60 <= now < 160 else 1.0)  # noqa: E731
+        step = lambda i, now: STEP_S * (5.0 if 60 <= now < 160 else 1.0)
     else:  # the competing process ends: steps 4x faster after 100 s
-        step = lambda i, now: STEP_S if now < 100 else STEP_S / 4  # noqa: E731
+        step = lambda i, now: STEP_S if now < 100 else STEP_S / 4
     sim = Simulation(planned, FakeClock(), step)
     state = sim.fit()
     _assert_ends_on_time(sim)

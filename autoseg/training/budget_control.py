@@ -28,7 +28,7 @@ RECENT_ITERATIONS = 9  # the next iteration is predicted to take the median of t
 VALIDATION_LOADING_FACTOR = 1.5  # per-epoch validation estimate: forward time x this (loading the patches)
 
 
-def estimate_validation_seconds(trainer: "Trainer") -> tuple[float, float]:
+def estimate_validation_seconds(trainer: Trainer) -> tuple[float, float]:
     """(one per-epoch validation, the final full-resolution validation) in seconds, from the measured
     forward time of one tile on this network (see ``training/budget.py``)."""
     s, config = trainer.settings, trainer.config
@@ -44,7 +44,7 @@ def estimate_validation_seconds(trainer: "Trainer") -> tuple[float, float]:
 class EpochControl:
     """A fixed number of epochs (fixed by the first run; a resumed run keeps it)."""
 
-    def on_train_start(self, trainer: "Trainer") -> None:
+    def on_train_start(self, trainer: Trainer) -> None:
         st = trainer.state
         if st.total_epochs is None:
             st.total_epochs = trainer.settings.epochs
@@ -52,17 +52,17 @@ class EpochControl:
         log.info("training %d epochs of %d iterations (%d done)", st.total_epochs,
                  trainer.settings.iterations_per_epoch, st.iterations_done)
 
-    def on_iteration_end(self, trainer: "Trainer", loss: float) -> None:
+    def on_iteration_end(self, trainer: Trainer, loss: float) -> None:
         trainer.scheduler.step()
 
-    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         trainer.stop_training = trainer.state.epoch >= trainer.state.total_epochs
 
-    def on_train_end(self, trainer: "Trainer") -> None:
+    def on_train_end(self, trainer: Trainer) -> None:
         log.info("trained %d iterations (%d epochs) in %.0f s", trainer.state.iterations_done,
                  trainer.state.epoch, trainer.elapsed())
 
-    def describe(self, trainer: "Trainer", epoch: int) -> str:
+    def describe(self, trainer: Trainer, epoch: int) -> str:
         return f"epoch {epoch}/{trainer.state.total_epochs}"
 
 
@@ -75,28 +75,28 @@ class BudgetController:
     """
 
     def __init__(self, budget_s: float,
-                 estimate: Callable[["Trainer"], tuple[float, float]] = estimate_validation_seconds):
+                 estimate: Callable[[Trainer], tuple[float, float]] = estimate_validation_seconds):
         self.budget_s = float(budget_s)
         self.estimate = estimate
         self._iteration_start: float | None = None
         self._recent_s: deque[float] = deque(maxlen=RECENT_ITERATIONS)  # whole iterations, this run
 
     # ------------------------------------------------------------------ the clock
-    def span_s(self, trainer: "Trainer") -> float:
+    def span_s(self, trainer: Trainer) -> float:
         """Seconds the training itself may take: the budget less the validations that follow it."""
         st = trainer.state
         return self.budget_s - (st.final_validation_s or 0.0) - (st.validation_epoch_s or 0.0)
 
-    def fraction(self, trainer: "Trainer") -> float:
+    def fraction(self, trainer: Trainer) -> float:
         """Elapsed share of the span (may exceed 1 once the span is spent)."""
         span = self.span_s(trainer)
         return trainer.elapsed() / span if span > 0 else 1.0
 
-    def _set_lr(self, trainer: "Trainer") -> None:
+    def _set_lr(self, trainer: Trainer) -> None:
         trainer.scheduler.set_fraction(min(1.0, self.fraction(trainer)))
 
     # ------------------------------------------------------------------ hooks
-    def on_train_start(self, trainer: "Trainer") -> None:
+    def on_train_start(self, trainer: Trainer) -> None:
         st = trainer.state
         if not st.final_validation_s:  # first run; a resumed run keeps its reserve (and so its span)
             st.validation_epoch_s, st.final_validation_s = self.estimate(trainer)
@@ -112,11 +112,11 @@ class BudgetController:
         trainer.stop_training = st.iterations_done > 0 and st.iteration_in_epoch == 0 and elapsed >= span
         self._set_lr(trainer)
 
-    def on_epoch_start(self, trainer: "Trainer") -> None:
+    def on_epoch_start(self, trainer: Trainer) -> None:
         self._iteration_start = trainer.clock()
         self._set_lr(trainer)  # the validation took time
 
-    def on_iteration_end(self, trainer: "Trainer", loss: float) -> None:
+    def on_iteration_end(self, trainer: Trainer, loss: float) -> None:
         now = trainer.clock()
         if self._iteration_start is not None:  # the whole iteration: data, step and hooks
             self._recent_s.append(now - self._iteration_start)
@@ -130,14 +130,14 @@ class BudgetController:
         else:
             self._set_lr(trainer)
 
-    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         record["elapsed_fraction"] = round(self.fraction(trainer), 4)
         trainer.state.validation_epoch_s = record["validation_seconds"]  # measured: the next one costs as much
 
-    def on_train_end(self, trainer: "Trainer") -> None:
+    def on_train_end(self, trainer: Trainer) -> None:
         st = trainer.state
         log.info("trained %d iterations in %.0f s of the %.0f s budget (%.1f s reserved for the final "
                  "validation)", st.iterations_done, trainer.elapsed(), self.budget_s, st.final_validation_s)
 
-    def describe(self, trainer: "Trainer", epoch: int) -> str:
+    def describe(self, trainer: Trainer, epoch: int) -> str:
         return f"epoch {epoch} ({100 * min(1.0, self.fraction(trainer)):.0f}% of the time budget)"

@@ -30,15 +30,15 @@ PLOT_EVERY_S = 30.0  # progress.png is redrawn at most this often on the trainer
 class TrainerHook(Protocol):
     """Optional callbacks; implement any subset (see the module docstring for when each is called)."""
 
-    def on_train_start(self, trainer: "Trainer") -> None: ...
+    def on_train_start(self, trainer: Trainer) -> None: ...
 
-    def on_epoch_start(self, trainer: "Trainer") -> None: ...
+    def on_epoch_start(self, trainer: Trainer) -> None: ...
 
-    def on_iteration_end(self, trainer: "Trainer", loss: float) -> None: ...
+    def on_iteration_end(self, trainer: Trainer, loss: float) -> None: ...
 
-    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None: ...
 
-    def on_train_end(self, trainer: "Trainer") -> None: ...
+    def on_train_end(self, trainer: Trainer) -> None: ...
 
 
 class ProgressBar:
@@ -47,18 +47,18 @@ class ProgressBar:
     def __init__(self) -> None:
         self._bar = None
 
-    def on_epoch_start(self, trainer: "Trainer") -> None:
+    def on_epoch_start(self, trainer: Trainer) -> None:
         from tqdm import tqdm
 
         st = trainer.state
         self._bar = tqdm(total=trainer.settings.iterations_per_epoch, initial=st.iteration_in_epoch, leave=False,
                          unit="it", desc=trainer.control.describe(trainer, st.epoch + 1))
 
-    def on_iteration_end(self, trainer: "Trainer", loss: float) -> None:
+    def on_iteration_end(self, trainer: Trainer, loss: float) -> None:
         self._bar.update(1)
         self._bar.set_postfix(loss=f"{loss:.3f}")
 
-    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         self._bar.close()
 
 
@@ -68,7 +68,7 @@ class EpochRecords:
     def __init__(self) -> None:
         self._last_plot: float | None = None
 
-    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         s = trainer.settings
         append_log(trainer.wd.training_log_jsonl(trainer.config.name, s.fold), record)
         log.info("%s  train loss %.4f  val loss %.4f  pseudo-Dice %s (EMA %.4f)  lr %.5f  %.1f s",
@@ -78,10 +78,10 @@ class EpochRecords:
         if self._last_plot is None or trainer.clock() - self._last_plot > PLOT_EVERY_S:
             self._plot(trainer)
 
-    def on_train_end(self, trainer: "Trainer") -> None:
+    def on_train_end(self, trainer: Trainer) -> None:
         self._plot(trainer)
 
-    def _plot(self, trainer: "Trainer") -> None:
+    def _plot(self, trainer: Trainer) -> None:
         plot_progress(trainer.state.log, trainer.wd.progress_png(trainer.config.name, trainer.settings.fold))
         self._last_plot = trainer.clock()
 
@@ -93,20 +93,20 @@ class Checkpoints:
     def __init__(self) -> None:
         self._last_save: float | None = None
 
-    def on_train_start(self, trainer: "Trainer") -> None:
+    def on_train_start(self, trainer: Trainer) -> None:
         self._last_save = trainer.clock()
 
-    def on_iteration_end(self, trainer: "Trainer", loss: float) -> None:
+    def on_iteration_end(self, trainer: Trainer, loss: float) -> None:
         if trainer.clock() - self._last_save > trainer.settings.checkpoint_every_s:
             self._save(trainer, "latest")
 
-    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         st = trainer.state
         if st.ema_dice > st.best_ema_dice:
             st.best_ema_dice = st.ema_dice
             trainer.save("best")
         self._save(trainer, "latest")
 
-    def _save(self, trainer: "Trainer", which: str) -> None:
+    def _save(self, trainer: Trainer, which: str) -> None:
         trainer.save(which)
         self._last_save = trainer.clock()

@@ -33,7 +33,7 @@ from .precision import time_precisions
 from .records import rewrite_log
 from .schedule import FractionLR, PolyLR
 
-__all__ = ["Trainer", "TrainerHook", "TrainState"]
+__all__ = ["TrainState", "Trainer", "TrainerHook"]
 
 log = logging.getLogger(__name__)
 
