@@ -512,6 +512,8 @@ class TrainingSettings:
     checkpoint_every_s: float
     overrides: dict[str, Any] = field(default_factory=dict)
     configuration_hash: str = ""  # autoseg.store.configuration_hash of the plan trained with (changed: stale)
+    lr_shape: str = "poly"  # registered decay shape (training/schedule.py): "poly" (exponent poly_exponent), "linear"
+    warmup_fraction: float = 0.0  # linear lr warm-up over this fraction of the training (time or iterations)
 
     _migrate = staticmethod(lambda data: _renamed(data, plans_hash="configuration_hash"))
 

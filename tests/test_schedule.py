@@ -1,10 +1,11 @@
-"""Tests for autoseg.training.schedule: poly LR per iteration, warm-up, resume, budget sizing."""
+"""Tests for autoseg.training.schedule: decay shapes, poly LR per iteration, lr over a time fraction, resume."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from autoseg.training.schedule import PolyLR
+from autoseg.errors import AutosegError
+from autoseg.training.schedule import FractionLR, PolyLR, lr_factor, register_lr_shape
 
 
 def _opt(lr: float = 1.0) -> torch.optim.Optimizer:
@@ -50,21 +51,53 @@ def test_state_round_trip_is_exact():
         a.step()
         b.step()
         assert opt_b.param_groups[0]["lr"] == opt_a.param_groups[0]["lr"]
-    assert all(type(v) in (int, float) for v in a.state_dict().values())
+    assert all(type(v) in (int, float, str) for v in a.state_dict().values())  # plain data (weights_only)
     with pytest.raises(KeyError):
         b.load_state_dict({"current_step": 1})
 
 
-def test_total_iterations_for_budget_uses_partial_epochs():
-    from autoseg.training.budget import shortened_total_iterations, total_iterations_for_budget
+def test_lr_factor_shapes_and_warmup():
+    assert lr_factor(0.0) == 1.0 and lr_factor(0.5) == pytest.approx(0.5 ** 0.9)
+    assert lr_factor(1.0) == 0.0 and lr_factor(1.7) == 0.0 and lr_factor(-0.2) == 1.0  # clamped
+    assert lr_factor(0.5, exponent=2.0) == pytest.approx(0.25)
+    assert lr_factor(0.25, shape="linear") == pytest.approx(0.75)
+    # warm-up: linear from 0 over the first 10 %, then the shape over the remaining 90 %
+    assert lr_factor(0.0, warmup_fraction=0.1) == 0.0
+    assert lr_factor(0.05, warmup_fraction=0.1) == pytest.approx(0.5)
+    assert lr_factor(0.1, warmup_fraction=0.1) == pytest.approx(1.0)
+    assert lr_factor(0.55, warmup_fraction=0.1) == pytest.approx(0.5 ** 0.9)
+    assert lr_factor(0.999999, warmup_fraction=0.1) < 1e-4
 
-    # 2 full epochs of (250 x 1 s + 10 s) = 520 s fill 520 s exactly; no time left for a third
-    assert total_iterations_for_budget(520, 1.0, 250, 10) == 500
-    # 100 s: one partial epoch of 90 iterations plus its 10 s validation
-    assert total_iterations_for_budget(100, 1.0, 250, 10) == 90
-    # the Hippocampus case: 3 full epochs and a partial fourth instead of 3 whole epochs
-    assert total_iterations_for_budget(1070, 1.138, 250, 10) == 905
-    assert total_iterations_for_budget(-5, 1.0, 250, 10, done=7) == 7  # never below what is done
-    assert total_iterations_for_budget(0, 1.0, 250, 10) == 1
-    assert shortened_total_iterations(10, 100, 50, 1.0) == 60
-    assert shortened_total_iterations(10, 100, 500, 1.0) is None  # never extended
+
+def test_shapes_are_registered_by_name():
+    with pytest.raises(AutosegError, match="unknown learning-rate shape 'cosine'.*registered: linear, poly"):
+        lr_factor(0.5, shape="cosine")
+    register_lr_shape("test_square")(lambda p, e: (1 - p) ** 2)
+    assert lr_factor(0.5, shape="test_square") == pytest.approx(0.25)
+    s = PolyLR(_opt(), initial_lr=1.0, total_steps=10, shape="linear")
+    assert s.lr_at(5) == pytest.approx(0.5)
+    with pytest.raises(AutosegError):
+        FractionLR(_opt(), 0.01, shape="nope")
+
+
+def test_fraction_lr_follows_the_fraction_and_round_trips():
+    opt = _opt()
+    s = FractionLR(opt, 0.01, exponent=0.9, warmup_fraction=0.2)
+    assert opt.param_groups[0]["lr"] == 0.0  # fraction 0 with warm-up
+    s.set_fraction(0.6)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5 ** 0.9)
+    opt_b = _opt()
+    b = FractionLR(opt_b, 0.5)
+    b.load_state_dict(s.state_dict())
+    assert opt_b.param_groups[0]["lr"] == opt.param_groups[0]["lr"] and b.warmup_fraction == 0.2
+    with pytest.raises(KeyError):  # an iteration schedule's state is not a time schedule's
+        b.load_state_dict(PolyLR(_opt(), 0.01, 10).state_dict())
+    with pytest.raises(KeyError):
+        PolyLR(_opt(), 0.01, 10).load_state_dict(s.state_dict())
+
+
+def test_poly_lr_reads_a_state_from_before_lr_shapes():
+    old = {"initial_lr": 0.01, "total_steps": 20, "exponent": 0.9, "warmup_steps": 0, "current_step": 10}
+    s = PolyLR(_opt(), 1.0, 5, shape="linear")
+    s.load_state_dict(old)
+    assert s.shape == "poly" and s.lr == pytest.approx(0.01 * 0.5 ** 0.9)

@@ -1,8 +1,8 @@
-"""Time-budget arithmetic for training: measured inference cost and the schedule-shortening rule.
+"""Time-budget arithmetic for training: what the validations after training will cost.
 
-Budgeted schedules (Li, Yumer, Ramanan, ICLR 2020) fix the step count from a measured step time and
-decay the learning rate to zero at the deadline; on a machine whose speed changes, the finish time is
-re-projected as training goes and the schedule is shortened (never extended) when it would overrun.
+A budgeted training decays its learning rate to zero at the deadline (Li, Yumer, Ramanan, ICLR 2020);
+here the deadline is the budget minus the time reserved for the final full-resolution validation,
+estimated from the measured forward time of one tile (see ``training/budget_control.py``).
 """
 from __future__ import annotations
 
@@ -73,30 +73,3 @@ def seconds_per_tile(network: torch.nn.Module, in_channels: int, patch_size: Seq
         best = min(best, time.perf_counter() - t0)
     network.train(was_training)
     return best / tiles
-
-
-def shortened_total_iterations(done: int, total: int, seconds_left: float,
-                               seconds_per_iteration: float) -> int | None:
-    """The new schedule length when ``total`` iterations no longer fit, else None (never longer).
-
-    ``seconds_left`` is what remains of the budget after the planned validations.
-    """
-    allowed = done + max(0, int(seconds_left / seconds_per_iteration))
-    if allowed >= total:
-        return None
-    return max(done, allowed, 1)
-
-
-def total_iterations_for_budget(seconds_available: float, seconds_per_iteration: float,
-                                iterations_per_epoch: int, validation_seconds_per_epoch: float,
-                                done: int = 0) -> int:
-    """Iterations that fit ``seconds_available`` (already net of the final validation), counting one
-    per-epoch validation for every started epoch; the last epoch may be partial. At least ``done``
-    and at least 1. Sizing in iterations rather than whole epochs uses the budget to within one
-    iteration instead of wasting up to an epoch.
-    """
-    per_epoch = iterations_per_epoch * seconds_per_iteration + validation_seconds_per_epoch
-    full = int(max(0.0, seconds_available) // per_epoch)
-    rest = seconds_available - full * per_epoch - validation_seconds_per_epoch
-    partial = min(iterations_per_epoch - 1, int(rest / seconds_per_iteration)) if rest > 0 else 0
-    return max(done, full * iterations_per_epoch + max(0, partial), 1)

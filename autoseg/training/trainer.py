@@ -1,7 +1,10 @@
 """The training loop: thin, with hooks. Network, loss, schedule, data, checkpoints live in their own modules.
 
-One Trainer trains one configuration on one fold. Re-running the same command resumes from the
-latest checkpoint (written at every epoch end and at least every ``checkpoint_every_s`` seconds).
+One Trainer trains one configuration on one fold. :meth:`Trainer.fit` is the whole loop; when to stop
+and the learning rate come from the control hook (``training/budget_control.py``: a time budget or a
+number of epochs), progress, records and checkpoints from ``training/hooks.py``. Re-running the same
+command resumes from the latest checkpoint (written at every epoch end and at least every
+``checkpoint_every_s`` seconds).
 """
 from __future__ import annotations
 
@@ -9,10 +12,10 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,28 +24,20 @@ from ..schemas import ConfigurationPlan, TrainingSettings
 from ..workdir import Workdir
 from .augmentation import deep_supervision_scales
 from .batch_iterator import make_training_iterators
-from .budget import (final_validation_seconds, seconds_per_tile,
-                     shortened_total_iterations, total_iterations_for_budget)
+from .budget_control import BudgetController, EpochControl
 from ..model.checkpoint import load_resume_checkpoint, restore_rng_states, save_checkpoint
+from .hooks import Checkpoints, EpochRecords, ProgressBar, TrainerHook
 from .losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, hard_dice_counts
 from ..model.network import build_network
 from .precision import time_precisions
-from .schedule import PolyLR
+from .records import rewrite_log
+from .schedule import FractionLR, PolyLR
+
+__all__ = ["TrainState", "Trainer", "TrainerHook"]
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_ITERATIONS = 12  # iterations timed before the epoch count is fixed under a time budget
-BUDGET_SAFETY = 0.95  # the schedule plans for 95% of the budget: checkpoints, plots and noise take the rest
-CALIBRATION_WARMUP = 3  # of those, the first ones are not counted (one-off start-up costs)
-GUARD_EVERY = 25  # iterations between re-projections of the finish time under a time budget
 EMA_WEIGHT = 0.9  # nnU-Net's pseudo-Dice smoothing for checkpoint_best
-PLOT_EVERY_S = 30.0  # progress.png is redrawn at most this often (and after the last epoch)
-
-
-class TrainerHook(Protocol):
-    """Optional callbacks; implement any subset."""
-
-    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -51,54 +46,136 @@ class TrainState:
 
     epoch: int = 0  # epochs completed
     iteration_in_epoch: int = 0  # iterations done in the current (unfinished) epoch
-    total_epochs: int | None = None  # fixed once (from settings or the time budget); may shrink
-    total_iterations: int | None = None  # the schedule's length; the last epoch may be cut short
+    iterations_done: int = 0  # over all epochs (under a time budget the last epoch may be cut short)
+    total_epochs: int | None = None  # without a time budget: fixed by the first run
     elapsed_s: float = 0.0  # wall seconds spent in this training so far, over every run (budget clock)
-    validation_epoch_s: float = 0.0  # estimated seconds of one epoch's validation patches
-    final_validation_s: float = 0.0  # estimated seconds of the final full-resolution validation
-    recent_seconds_per_iteration: float | None = None  # exponential average, drives the budget guard
-    seconds_per_iteration: float | None = None
+    validation_epoch_s: float | None = None  # time budget: seconds of one epoch's validation (reserve)
+    final_validation_s: float | None = None  # time budget: estimated seconds of the final validation
     precision: str | None = None  # resolved precision ("auto" is measured once, then fixed)
     precision_probe: dict[str, float] = field(default_factory=dict)  # measured s/iteration per precision
     ema_dice: float | None = None
     best_ema_dice: float = -1.0
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # seconds inside train_step, over every run
     log: list[dict[str, Any]] = field(default_factory=list)
     epoch_losses: list[float] = field(default_factory=list)  # current epoch so far
 
 
 class Trainer:
+    """Trains one configuration on one fold: :meth:`fit` runs the loop and calls ``self.hooks``
+    (the control, progress bar, records and checkpoints, then the user's hooks; see training/hooks.py)."""
+
     def __init__(self, workdir: Workdir, config: ConfigurationPlan, settings: TrainingSettings,
                  train_ids: list[str], val_ids: list[str], *,
                  previous_stage_segs: Mapping[str, Path] | None = None,
-                 progress: bool = True, hooks: list[TrainerHook] | None = None):
+                 progress: bool = True, hooks: list[TrainerHook] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         """``previous_stage_segs`` (cascade): case id -> the previous stage's ``<case>_seg.npy`` on this
-        configuration's grid, for every training and validation case; fed as one-hot input channels."""
+        configuration's grid, for every training and validation case; fed as one-hot input channels.
+        ``hooks``: the user's hooks, called after the built-in ones (see ``training/hooks.py``).
+        ``clock``: seconds (monotonic) for the time budget, checkpoint interval and records; the budget
+        clock starts here."""
         self.wd, self.config, self.settings = workdir, config, settings
         self.previous_stage_segs = dict(previous_stage_segs) if previous_stage_segs is not None else None
         self.train_ids, self.val_ids = train_ids, val_ids
-        self.progress, self.hooks = progress, list(hooks or [])
+        self.progress = progress
         self.fold_dir = workdir.fold_dir(config.name, settings.fold)
         self.device = torch.device(settings.device)
         self.state = TrainState()
+        self.clock = clock
+        self._clock_start = clock()  # the budget clock: this run started here
+        self._elapsed_before = 0.0  # elapsed_s restored from a checkpoint
         torch.manual_seed(settings.seed)
         np.random.seed(settings.seed % 2**32)
         self.network = build_network(config.network).to(self.device)
         self.optimizer = torch.optim.SGD(self.network.parameters(), lr=settings.initial_lr,
                                          momentum=settings.momentum, nesterov=True,
                                          weight_decay=settings.weight_decay)
-        self.scheduler: PolyLR | None = None
+        self.scheduler: PolyLR | FractionLR | None = _make_schedule(self.optimizer, settings)
         self.scaler = torch.amp.GradScaler("cuda") if settings.precision == "fp16" else None
         n_out = len(config.network.features_per_stage) - 1
         self.ds_scales = deep_supervision_scales(config.network.strides, n_out)
         weights = deep_supervision_weights(n_out) if config.network.deep_supervision else [1.0]
         base = DiceCELoss(batch_dice=True)  # nnU-Net: batch Dice for 2d and 3d_fullres
         self.loss = DeepSupervisionLoss(base, weights) if config.network.deep_supervision else base
-        self._last_checkpoint_time = time.monotonic()
-        self._last_plot_time = 0.0
-        self._clock_start = time.monotonic()  # the budget clock: this run started here
-        self._calibration_times: list[float] = []
-        self._elapsed_before = 0.0  # elapsed_s restored from a checkpoint
+        self.control = (BudgetController(settings.time_budget_s) if settings.time_budget_s is not None
+                        else EpochControl())
+        self.stop_training = False  # set by a hook: ends the epoch after this iteration, then the training
+        self.hooks: list[TrainerHook] = [self.control, *([ProgressBar()] if progress else []), EpochRecords(),
+                                         Checkpoints(), *(hooks or [])]
+        self._epoch_start = self._epoch_train_s = 0.0
+        self._epoch_iterations = 0
+
+    # ------------------------------------------------------------------ main loop
+    def fit(self) -> TrainState:
+        """Train (or resume) until the control stops it; writes checkpoint_final.pt."""
+        if self._resume():  # lines written after the checkpoint are dropped: the checkpoint is the truth
+            rewrite_log(self.wd.training_log_jsonl(self.config.name, self.settings.fold), self.state.log)
+        if self.wd.checkpoint(self.config.name, self.settings.fold, "final").exists():
+            log.info("training already finished (checkpoint_final.pt exists)")
+            return self.state
+        train_it, val_it = self._iterators()
+        try:
+            if self.state.precision is None:
+                self.state.precision = self._resolve_precision(train_it)
+            self._call("on_train_start")
+            while not self.stop_training:
+                self._start_epoch()
+                while not self.stop_training and self.state.iteration_in_epoch < self.settings.iterations_per_epoch:
+                    self._call("on_iteration_end", self._train_iteration(train_it))
+                record = self._end_epoch(self._validate(val_it))
+                self._call("on_epoch_end", record)
+            self._call("on_train_end")
+        finally:
+            for it in (train_it, val_it):
+                if hasattr(it, "close"):
+                    it.close()
+        self.save("final")
+        self.wd.checkpoint(self.config.name, self.settings.fold, "latest").unlink(missing_ok=True)
+        return self.state
+
+    def _call(self, moment: str, *args: Any) -> None:
+        for hook in self.hooks:
+            fn = getattr(hook, moment, None)
+            if fn is not None:
+                fn(self, *args)
+
+    def _start_epoch(self) -> None:
+        self.network.train()
+        self._epoch_start, self._epoch_train_s, self._epoch_iterations = self.clock(), 0.0, 0
+        self._call("on_epoch_start")
+
+    def _train_iteration(self, train_it) -> float:
+        st = self.state
+        batch = next(train_it)
+        t0 = self.clock()
+        loss = self.train_step(batch)
+        dt = self.clock() - t0
+        st.train_seconds += dt
+        self._epoch_train_s += dt
+        self._epoch_iterations += 1
+        st.epoch_losses.append(loss)
+        st.iteration_in_epoch += 1
+        st.iterations_done += 1
+        return loss
+
+    def _end_epoch(self, val: dict[str, Any]) -> dict[str, Any]:
+        """The epoch's record (appended to the state's log); advances the epoch counter."""
+        st = self.state
+        st.ema_dice = val["mean_dice"] if st.ema_dice is None else (
+            EMA_WEIGHT * st.ema_dice + (1 - EMA_WEIGHT) * val["mean_dice"])
+        train_loss = float(np.mean(st.epoch_losses)) if st.epoch_losses else float("nan")
+        record = {"epoch": st.epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
+                  "val_dice_per_class": val["dice"], "val_dice": val["mean_dice"], "ema_dice": st.ema_dice,
+                  "lr": self.optimizer.param_groups[0]["lr"],
+                  "epoch_seconds": round(self.clock() - self._epoch_start, 2),
+                  "seconds_per_iteration": round(self._epoch_train_s / max(1, self._epoch_iterations), 4),
+                  "iterations": st.iteration_in_epoch, "validation_seconds": round(val["seconds"], 2),
+                  "elapsed_s": round(self.elapsed(), 1)}
+        st.log.append(record)
+        st.epoch += 1
+        st.iteration_in_epoch = 0
+        st.epoch_losses = []
+        return record
 
     # ------------------------------------------------------------------ data
     def _iterators(self):
@@ -145,8 +222,6 @@ class Trainer:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.grad_clip_norm)
             self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
         return float(loss.detach())
 
     @torch.inference_mode()
@@ -164,16 +239,15 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def elapsed(self) -> float:
         """Wall seconds spent in this training, over every run (the time-budget clock)."""
-        return self._elapsed_before + time.monotonic() - self._clock_start
+        return self._elapsed_before + self.clock() - self._clock_start
 
-    def _save(self, which: str) -> None:
+    def save(self, which: str) -> None:
+        """Write checkpoint_<which>.pt (``latest``, ``best``, ``final``) with the state as plain data."""
         self.state.elapsed_s = self.elapsed()
         state = {k: v for k, v in self.state.__dict__.items()}
         save_checkpoint(self.wd.checkpoint(self.config.name, self.settings.fold, which),
                         model=self.network, optimizer=self.optimizer, scheduler=self.scheduler,
                         scaler=self.scaler, state=json.loads(json.dumps(state)))
-        if which == "latest":
-            self._last_checkpoint_time = time.monotonic()
 
     def _resume(self) -> bool:
         found = load_resume_checkpoint(self.fold_dir, map_location=self.device)
@@ -182,119 +256,22 @@ class Trainer:
         path, ckpt = found
         self.network.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.state = TrainState(**ckpt["state"])
-        self._elapsed_before, self._clock_start = self.state.elapsed_s, time.monotonic()
-        if self.state.total_iterations is not None:
-            self._make_scheduler()
-            if ckpt.get("scheduler") is not None:
-                self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.state = _state_from_checkpoint(ckpt["state"])
+        self._elapsed_before = self.state.elapsed_s  # + the time since this trainer was created
+        try:
+            self.scheduler.load_state_dict(ckpt.get("scheduler") or {})
+        except KeyError:  # another kind of schedule (budget <-> epochs since the first run)
+            log.warning("%s holds another learning-rate schedule than this run's (%s): continuing from the "
+                        "%d iterations done", path.name, type(self.scheduler).__name__, self.state.iterations_done)
+            if isinstance(self.scheduler, PolyLR):
+                self.scheduler.load_state_dict({**self.scheduler.state_dict(),
+                                                "current_step": self.state.iterations_done})
         if self.scaler is not None and ckpt.get("scaler") is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
         restore_rng_states(ckpt)
-        log.info("resumed from %s at epoch %d (+%d iterations)", path.name, self.state.epoch,
-                 self.state.iteration_in_epoch)
+        log.info("resumed from %s at epoch %d (+%d iterations), %.0f s spent", path.name, self.state.epoch,
+                 self.state.iteration_in_epoch, self.state.elapsed_s)
         return True
-
-    def _make_scheduler(self) -> None:
-        total = self.state.total_iterations
-        self.scheduler = PolyLR(self.optimizer, self.settings.initial_lr, total,
-                                exponent=self.settings.poly_exponent)
-
-    # ------------------------------------------------------------------ main loop
-    def fit(self) -> TrainState:
-        """Train (or resume) until the schedule is complete; writes checkpoint_final.pt."""
-        from .records import append_log, plot_progress, rewrite_log
-
-        if self._resume():  # lines written after the checkpoint are dropped: the checkpoint is the truth
-            rewrite_log(self.wd.training_log_jsonl(self.config.name, self.settings.fold), self.state.log)
-        if self.wd.checkpoint(self.config.name, self.settings.fold, "final").exists():
-            log.info("training already finished (checkpoint_final.pt exists)")
-            return self.state
-        s = self.settings
-        if self.state.total_epochs is None and s.time_budget_s is None:
-            self.state.total_epochs = s.epochs
-            self.state.total_iterations = s.epochs * s.iterations_per_epoch
-            self._make_scheduler()
-        train_it, val_it = self._iterators()
-        if self.state.precision is None:
-            self.state.precision = self._resolve_precision(train_it)
-        try:
-            while self.state.total_epochs is None or self.state.epoch < self.state.total_epochs:
-                record = self._run_epoch(train_it, val_it)
-                append_log(self.wd.training_log_jsonl(self.config.name, s.fold), record)
-                last = self.state.epoch >= (self.state.total_epochs or 0)
-                if last or time.monotonic() - self._last_plot_time > PLOT_EVERY_S:
-                    plot_progress(self.state.log, self.wd.progress_png(self.config.name, s.fold))
-                    self._last_plot_time = time.monotonic()
-                for h in self.hooks:
-                    if hasattr(h, "on_epoch_end"):
-                        h.on_epoch_end(self, record)
-        finally:
-            for it in (train_it, val_it):
-                if hasattr(it, "close"):
-                    it.close()
-        self._save("final")
-        latest = self.wd.checkpoint(self.config.name, s.fold, "latest")
-        latest.unlink(missing_ok=True)
-        return self.state
-
-    def _run_epoch(self, train_it, val_it) -> dict[str, Any]:
-        from tqdm import tqdm
-
-        s, st = self.settings, self.state
-        self.network.train()
-        t_epoch = time.monotonic()
-        bar = tqdm(total=self._iterations_this_epoch(), initial=st.iteration_in_epoch, leave=False, unit="it",
-                   disable=not self.progress, desc=f"epoch {st.epoch + 1}/{st.total_epochs or '?'}")
-        done_before = st.iteration_in_epoch
-        while st.iteration_in_epoch < self._iterations_this_epoch():
-            t0 = time.monotonic()
-            st.epoch_losses.append(self.train_step(next(train_it)))
-            st.iteration_in_epoch += 1
-            dt = time.monotonic() - t0
-            st.train_seconds += dt
-            if st.total_iterations is None:
-                self._calibration_times.append(dt)
-            st.recent_seconds_per_iteration = dt if st.recent_seconds_per_iteration is None else (
-                0.9 * st.recent_seconds_per_iteration + 0.1 * dt)
-            bar.update(1)
-            bar.set_postfix(loss=f"{st.epoch_losses[-1]:.3f}")
-            if st.total_epochs is None and st.iteration_in_epoch == min(CALIBRATION_ITERATIONS,
-                                                                        s.iterations_per_epoch):
-                self._fix_schedule_from_budget()
-                bar.set_description(f"epoch {st.epoch + 1}/{st.total_epochs}")
-                bar.total = self._iterations_this_epoch()
-            elif st.total_iterations is not None and st.iteration_in_epoch % GUARD_EVERY == 0:
-                self._guard_budget()
-                bar.total = self._iterations_this_epoch()
-            if time.monotonic() - self._last_checkpoint_time > s.checkpoint_every_s:
-                self._save("latest")
-        bar.close()
-        train_time = time.monotonic() - t_epoch
-        n_iterations = max(1, st.iteration_in_epoch - done_before)
-        val = self._validate(val_it)
-        st.ema_dice = val["mean_dice"] if st.ema_dice is None else (
-            EMA_WEIGHT * st.ema_dice + (1 - EMA_WEIGHT) * val["mean_dice"])
-        record = {"epoch": st.epoch + 1, "train_loss": float(np.mean(st.epoch_losses)),
-                  "val_loss": val["loss"], "val_dice_per_class": val["dice"], "val_dice": val["mean_dice"],
-                  "ema_dice": st.ema_dice, "lr": self.optimizer.param_groups[0]["lr"],
-                  "epoch_seconds": round(time.monotonic() - t_epoch, 2),
-                  "seconds_per_iteration": round(train_time / n_iterations, 4),
-                  "iterations": st.iteration_in_epoch}
-        st.log.append(record)
-        st.epoch += 1
-        st.iteration_in_epoch = 0
-        st.epoch_losses = []
-        if st.total_iterations is not None and s.time_budget_s is not None:
-            self._guard_budget()
-        log.info("epoch %d/%d  train loss %.4f  val loss %.4f  pseudo-Dice %s (EMA %.4f)  lr %.5f  %.1f s",
-                 record["epoch"], st.total_epochs, record["train_loss"], record["val_loss"],
-                 " ".join(f"{d:.3f}" for d in val["dice"]), st.ema_dice, record["lr"], record["epoch_seconds"])
-        if st.ema_dice > st.best_ema_dice:
-            st.best_ema_dice = st.ema_dice
-            self._save("best")
-        self._save("latest")
-        return record
 
     def _resolve_precision(self, train_it) -> str:
         """"auto": the faster of fp32 and bf16 on this network, timed in child processes; a candidate
@@ -318,69 +295,10 @@ class Trainer:
         note("precision", best)  # for run_training_guarded, if this runs in its child
         return best
 
-    def _iterations_this_epoch(self) -> int:
-        ipe = self.settings.iterations_per_epoch
-        if self.state.total_iterations is None:
-            return ipe
-        return max(0, min(ipe, self.state.total_iterations - self.state.epoch * ipe))
-
-    def _guard_budget(self) -> None:
-        """Re-project the finish time; shorten the schedule if iterations got slower than calibrated.
-
-        The poly decay is recomputed towards the earlier end (never extended), and the last epoch
-        may be cut short, so that training plus the final validation still ends inside the budget.
-        """
-        s, st = self.settings, self.state
-        spi = st.recent_seconds_per_iteration or st.seconds_per_iteration
-        if s.time_budget_s is None or not spi:
-            return
-        ipe = s.iterations_per_epoch
-        done = st.epoch * ipe + st.iteration_in_epoch
-        epochs_left = max(0, (st.total_epochs or 0) - st.epoch)
-        left = s.time_budget_s - self.elapsed() - st.final_validation_s - st.validation_epoch_s * epochs_left
-        shorter = shortened_total_iterations(done, st.total_iterations, left, spi)
-        if shorter is not None:
-            old, st.total_iterations = st.total_iterations, shorter
-            st.total_epochs = max(st.epoch + (1 if st.iteration_in_epoch else 0), -(-st.total_iterations // ipe))
-            if self.scheduler is not None:
-                self.scheduler.total_steps = max(st.total_iterations, self.scheduler.current_step, 1)
-            log.info("time budget guard: %.3f s/iteration now (calibrated %.3f): schedule shortened from %d "
-                     "to %d iterations to end inside %.0f s", spi, st.seconds_per_iteration or spi, old,
-                     st.total_iterations, s.time_budget_s)
-
-    def _fix_schedule_from_budget(self) -> None:
-        """Fix the schedule so that training (and the final validation) ends inside the budget."""
-        s, st = self.settings, self.state
-        times = self._calibration_times
-        # the first iterations include one-off costs (oneDNN kernel creation, page cache): skip them
-        spi = (float(np.mean(times[CALIBRATION_WARMUP:] if len(times) > 2 * CALIBRATION_WARMUP else times))
-               if times else st.train_seconds / max(1, st.iteration_in_epoch))  # (resumed right here)
-        st.seconds_per_iteration = spi
-        per_tile = self._seconds_per_tile()
-        val_s = per_tile * s.batch_size * s.validation_iterations_per_epoch * 1.5  # + loading the patches
-        final_val_s = final_validation_seconds(self.wd.preprocessed_dir(self.config.data_identifier),
-                                               self.val_ids, s.patch_size, self.config.dims,
-                                               len(self.config.mirror_axes), per_tile,
-                                               self.config.network.num_classes)
-        st.validation_epoch_s, st.final_validation_s = val_s, final_val_s
-        remaining = s.time_budget_s - self.elapsed()
-        available = BUDGET_SAFETY * (remaining + spi * st.iteration_in_epoch) - final_val_s
-        st.total_iterations = total_iterations_for_budget(available, spi, s.iterations_per_epoch, val_s,
-                                                          done=st.iteration_in_epoch)
-        st.total_epochs = -(-st.total_iterations // s.iterations_per_epoch)
-        self._make_scheduler()
-        for _ in range(st.iteration_in_epoch):  # the timed iterations are part of the schedule
-            self.scheduler.step()
-        log.info("time budget %.0f s: %.3f s/iteration measured → %d iterations (%d epochs of up to %d; "
-                 "final validation estimated at %.0f s)", s.time_budget_s, spi, st.total_iterations,
-                 st.total_epochs, s.iterations_per_epoch, final_val_s)
-
-    def _seconds_per_tile(self) -> float:
-        return seconds_per_tile(self.network, self.config.network.in_channels, self.settings.patch_size,
-                                self.device, self._autocast)
-
     @torch.inference_mode()
     def _validate(self, val_it) -> dict[str, Any]:
+        """The epoch's pseudo-Dice on ``validation_iterations_per_epoch`` patches (and its seconds)."""
+        t0 = self.clock()
         self.network.eval()
         k = self.config.network.num_classes - 1
         tp, fp, fn = np.zeros(k), np.zeros(k), np.zeros(k)
@@ -394,7 +312,7 @@ class Trainer:
                 for t, f, n in zip(tp, fp, fn)]
         finite = [d for d in dice if not math.isnan(d)]
         return {"loss": float(np.mean(losses)) if losses else float("nan"), "dice": dice,
-                "mean_dice": float(np.mean(finite)) if finite else 0.0}
+                "mean_dice": float(np.mean(finite)) if finite else 0.0, "seconds": self.clock() - t0}
 
 
 def _float(output):
@@ -405,3 +323,22 @@ def _float(output):
 
 def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy().astype(np.float64) if isinstance(x, torch.Tensor) else np.asarray(x, float)
+
+
+def _make_schedule(optimizer: torch.optim.Optimizer, s: TrainingSettings) -> PolyLR | FractionLR:
+    """Over the elapsed fraction of the time budget, else over ``epochs x iterations_per_epoch`` iterations."""
+    if s.time_budget_s is not None:
+        return FractionLR(optimizer, s.initial_lr, shape=s.lr_shape, exponent=s.poly_exponent,
+                          warmup_fraction=s.warmup_fraction)
+    total = max(1, s.epochs * s.iterations_per_epoch)
+    return PolyLR(optimizer, s.initial_lr, total, exponent=s.poly_exponent, shape=s.lr_shape,
+                  warmup_steps=min(total - 1, round(s.warmup_fraction * total)))
+
+
+def _state_from_checkpoint(saved: dict[str, Any]) -> TrainState:
+    """The checkpoint's state; keys of older versions (the calibrated iteration schedule) are dropped."""
+    known = {f.name for f in fields(TrainState)}
+    state = TrainState(**{k: v for k, v in saved.items() if k in known})
+    if "iterations_done" not in saved:
+        state.iterations_done = sum(int(r.get("iterations", 0)) for r in state.log) + state.iteration_in_epoch
+    return state
