@@ -12,7 +12,8 @@ import pytest
 
 from autoseg.cli import main
 from autoseg.model.checkpoint import load_checkpoint
-from autoseg.pipeline import load_plans, resolve_training_settings
+from autoseg.store import load_plans
+from autoseg.usecases.train import resolve_training_settings
 from autoseg.schemas import Splits, load_json
 from autoseg.training.schedule import lr_factor
 from autoseg.training.splits import fold_cases

@@ -169,7 +169,7 @@ class Trainer:
                   "lr": self.optimizer.param_groups[0]["lr"],
                   "epoch_seconds": round(self.clock() - self._epoch_start, 2),
                   "seconds_per_iteration": round(self._epoch_train_s / max(1, self._epoch_iterations), 4),
-                  "iterations": st.iteration_in_epoch, "validation_seconds": round(val["seconds"], 2),
+                  "iterations": st.iteration_in_epoch, "validation_seconds": round(val["seconds"], 4),
                   "elapsed_s": round(self.elapsed(), 1)}
         st.log.append(record)
         st.epoch += 1
