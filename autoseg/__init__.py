@@ -3,7 +3,7 @@
 Nothing heavy happens at import time: torch and SimpleITK are imported by the modules that need them.
 ``from autoseg import Predictor`` loads the prediction API on first use.
 """
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["Predictor", "__version__"]
 

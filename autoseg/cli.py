@@ -364,7 +364,7 @@ _ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_t
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     parser = argparse.ArgumentParser(
         prog="autoseg",

@@ -22,7 +22,7 @@ import logging
 import math
 from dataclasses import dataclass, field, replace
 
-from .. import __version__
+from ..version import __version__
 from ..errors import AutosegError
 from ..schemas import (SCHEMA_VERSION, ChannelNormalization, ConfigurationPlan, Configuration, Decision, Fingerprint,
                        HardwareBudget, NetworkSpec, Plans, ResamplingSpec, stable_hash)

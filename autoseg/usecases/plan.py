@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .. import __version__
+from ..version import __version__
 from ..errors import AutosegError, StaleArtifactError
 from ..schemas import SCHEMA_VERSION, ConfigurationPlan, DatasetManifest, Fingerprint, HardwareBudget, Plans, Splits
 from ..schemas import stable_hash
