@@ -273,6 +273,44 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- run
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="plan, train, find-best (and predict) inside one wall-clock budget",
+                       description="The whole pipeline for one result inside --time-budget (planning and selection "
+                                   "included): plans, decides which configurations and how many folds are worth "
+                                   "training in the time there is (and says why), trains them sharing the budget "
+                                   "(re-split after every training from the measured times), runs find-best and, "
+                                   "with --predict IN OUT, segments IN. Rerunning resumes.")
+    p.add_argument("dataset", help="raw dataset folder in nnU-Net v2 layout")
+    p.add_argument("--workdir", required=True, help="work folder for everything autoseg writes")
+    p.add_argument("--time-budget", type=_duration, required=True, metavar="DURATION",
+                   help="wall-clock budget of the whole run, e.g. 2h, 45m")
+    p.add_argument("--predict", nargs=2, default=None, metavar=("IN", "OUT"),
+                   help="also segment the cases in folder IN into OUT with the selection")
+    p.add_argument("--planner", default="default", help="registered planner name (default: %(default)s)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="plan and train for this device")
+    _common(p)
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .usecases.run import run
+
+    pin, pout = args.predict if args.predict else (None, None)
+    result = run(args.dataset, args.workdir, time_budget_s=args.time_budget, predict_input=pin, predict_output=pout,
+                 planner=args.planner, device=args.device, num_workers=args.num_workers,
+                 progress=not args.no_progress, report=lambda line: print(line, flush=True))
+    print("\n=== summary ===")
+    for name, seconds in result.stage_seconds.items():
+        print(f"  {name:12s} {seconds:7.1f} s")
+    print(f"  {'total':12s} {result.total_seconds:7.1f} s (budget {result.time_budget_s:.0f} s)")
+    print(f"selection {result.selection.winner}: cross-validation foreground Dice "
+          f"{result.selection.foreground_dice_after_postprocessing:.4f} (folds {result.selection.folds}); "
+          f"`autoseg predict --workdir {args.workdir} -i IN -o OUT` segments new cases")
+    return 0
+
+
 # --------------------------------------------------------------------------- demo
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -359,7 +397,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- main
 
-_ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_train, _add_find_best, _add_predict, _add_evaluate, _add_demo,
+_ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_train, _add_find_best, _add_predict, _add_evaluate, _add_run, _add_demo,
                                                                  _add_benchmark]
 
 

@@ -199,7 +199,7 @@ def find_best(workdir: str | Path, *, configurations: list[str] | None = None, f
     A configuration without all its folds' validation outputs is skipped (logged with the
     ``autoseg train`` commands that complete it); with none complete an AutosegError lists them.
     Writes ``results/selection.json`` atomically and returns it. An existing selection.json is
-    kept when its plans hash, folds and configurations match and no validation is newer.
+    kept when its plans hash, folds, configurations and fold summaries (validation_hash) match.
     """
     from .inference.ensemble import iter_cv_ensemble_segmentations
     from .inference.postprocess import determine_postprocessing, foreground_mean

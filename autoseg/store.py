@@ -98,13 +98,12 @@ def freshness(path: str | Path, recorded: Mapping[str, Any] | None, expected: Ma
     ``expected``: the same keys for the inputs as they are now. Values are hashes or plain values
     (names, budgets, fold lists), never timestamps. MISSING when the file is absent or unreadable;
     STALE when a key differs (the reason names each one, recorded → now); CURRENT otherwise. A key
-    the artifact does not record (an older autoseg) is not judged.
+    absent from ``recorded`` (an older autoseg did not record it) is not judged; a recorded None is a value.
     """
     path = Path(path)
     if recorded is None or not path.exists():
         return Freshness(State.MISSING, path, "not there" if not path.exists() else "unreadable", rerun)
-    changed = [f"{k} {recorded[k]!r} → {v!r}" for k, v in expected.items()
-               if k in recorded and recorded[k] not in ("", None) and recorded[k] != v]
+    changed = [f"{k} {recorded[k]!r} → {v!r}" for k, v in expected.items() if k in recorded and recorded[k] != v]
     if changed:
         return Freshness(State.STALE, path, "made from other inputs: " + ", ".join(changed), rerun)
     return Freshness(State.CURRENT, path)
@@ -169,7 +168,9 @@ class RunStore:
         """Was this fold trained with the configuration plans.json holds now? (MISSING: no settings file.)"""
         path = self.wd.train_settings_json(configuration, fold)
         settings = self.train_settings(configuration, fold)
-        recorded = None if settings is None else {"configuration_hash": settings.configuration_hash}
+        # a fold of an autoseg that recorded no hash is not judged
+        recorded = None if settings is None else (
+            {"configuration_hash": settings.configuration_hash} if settings.configuration_hash else {})
         return freshness(path, recorded, {"configuration_hash": configuration_hash(plans.configuration(configuration))},
                          rerun=f"rm -r {self.wd.fold_dir(configuration, fold)} && autoseg train --workdir "
                                f"{self.root} -c {configuration} --fold {fold}")
@@ -180,8 +181,9 @@ class RunStore:
         summary = self.fold_summary(configuration, fold)
         if summary is None or not final.exists():
             return False
+        # a summary without the hash (older autoseg) cannot vouch for its network: not finished
         return freshness(self.wd.validation_summary_json(configuration, fold),
-                         {"checkpoint_hash": summary.checkpoint_hash or None},
+                         {"checkpoint_hash": summary.checkpoint_hash} if summary.checkpoint_hash else None,
                          {"checkpoint_hash": file_hash(final)}).current
 
     def stale_folds(self, plans: Plans, folds: Iterable[tuple[str, int | str]]) -> list[tuple[str, str, Freshness]]:

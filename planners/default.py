@@ -156,7 +156,7 @@ class DefaultPlanner(Planner):
             f"planning for the CPU ({budget.cpu_cores} cores, {budget.ram_available_gb:.1f} GB RAM available): patch "
             f"and batch are sized so that {TARGET_ITERATIONS_CPU} iterations fit in "
             f"{seconds:.0f} s per training"
-            + ("" if req.time_budget_s else " (no time budget given: 20 minutes assumed)")
+            + ("" if req.time_budget_s else f" (no time budget given: {seconds / 60:g} minutes assumed)")
             + f" at {gflops:.0f} GFLOP/s ({source}).",
             {"time_budget_s": seconds, "cpu_gflops": gflops, "overhead": overhead, "ram_limit_gb": ram_limit,
              "target_iterations": TARGET_ITERATIONS_CPU})]

@@ -155,12 +155,13 @@ def test_demo_runs_end_to_end_on_a_tiny_dataset_and_resumes(tmp_path):
     root = tmp_path / "demo"
     kw = dict(time_budget_s=120, progress=False, report=lines.append, n_cases=5, n_test_cases=2,
               shape_zyx=(10, 20, 20), min_training_s=1, cpu_gflops=100, num_workers=1,
-              training_overrides=TINY_TRAINING)
+              training_overrides=TINY_TRAINING, good_training_s=1)
     result = run_demo(root, **kw)
     text = "\n".join(lines)
-    for stage in ("dataset", "plan", "train", "find-best", "predict", "evaluate", "overlay"):
-        assert f"/7 {stage}" in text
-    assert "Time budget per training" in text and "[10/10] 3d_fullres fold 4" in text and "rank" in text
+    for stage in ("dataset", "autoseg run", "evaluate", "overlay"):
+        assert f"/4 {stage}" in text
+    assert "3d_fullres on all 5 folds" in text and "2d added" in text  # the run's choice, explained
+    assert "Time budget per training" in text and "[10/10] 2d fold 4" in text and "rank" in text
     assert set(result.stage_seconds) == {"dataset", "plan", "train", "find-best", "predict", "evaluate",
                                             "overlay"}
     assert len(result.trainings) == 2 * N_FOLDS
@@ -190,7 +191,7 @@ def test_demo_runs_end_to_end_on_a_tiny_dataset_and_resumes(tmp_path):
 def test_demo_cli_refuses_a_budget_too_small_before_any_work(tmp_path, capsys):
     assert main(["demo", "--workdir", str(tmp_path / "d"), "--time-budget", "60s", "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert "too small" in err and "--time-budget 6m or more" in err
+    assert "too small" in err and "--time-budget 3m or more" in err
     assert not (tmp_path / "d").exists()
 
 

@@ -6,8 +6,8 @@ stage's segmentation of the same case as extra input channels. For a new image t
 logits averaged, with the same folds, tile step and mirroring), takes the argmax at the original
 geometry (no postprocessing), and this module puts that label map on the cascade's preprocessed
 grid and appends it one-hot: the same two functions that make the training and validation inputs
-(:func:`autoseg.training.validation.next_stage_segmentation`, which writes the lowres folds'
-``predicted_next_stage/<case>_seg.npy``, and :func:`autoseg.training.cascade.append_previous_stage`).
+(:func:`autoseg.model.cascade.next_stage_segmentation`, with which the lowres folds write
+``predicted_next_stage/<case>_seg.npy``, and :func:`autoseg.model.cascade.append_previous_stage`).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Planner contract: ``Planner.plan(fingerprint, budget) -> Plans``, built from small steps.
+"""The Planner contract: ``Planner.plan(fingerprint, budget, time_budget_s=None) -> Plans``, built from small steps.
 
 A planner is a pure function of its inputs (no clock, hardware, environment or globals). The
 steps, each overridable on its own, run in this order:

@@ -68,8 +68,8 @@ def validate_fold(wd: Workdir, plans: Plans, config: ConfigurationPlan, settings
     summary_path = wd.validation_summary_json(config.name, fold)
     previous = store.fold_summary(config.name, fold)
     # predictions on disk are reused only when the summary says they were made by this very network
-    reuse = bool(ckpt_hash) and freshness(summary_path, None if previous is None else
-                                          {"checkpoint_hash": previous.checkpoint_hash or None},
+    reuse = bool(ckpt_hash) and freshness(summary_path, None if previous is None or not previous.checkpoint_hash
+                                          else {"checkpoint_hash": previous.checkpoint_hash},
                                           {"checkpoint_hash": ckpt_hash}).current
     seconds: dict[str, float] = dict(previous.seconds_per_case) if reuse else {}
     if config.previous_stage and previous_stage_segs is None:
