@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -317,10 +318,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on a built-in synthetic dataset, within a time budget",
                        description="Generates a synthetic 3D dataset (anisotropic, bias field and noise, two "
                                    "classes of different sizes, 30 training + 6 held-out cases) in --workdir, "
-                                   "plans it (printing every decision), trains every planned configuration on "
-                                   "all 5 folds, runs find-best, predicts the held-out cases, evaluates them "
-                                   "against their reference labels and writes overlay.png; all within "
-                                   "--time-budget. Rerunning reuses what is done.")
+                                   "then runs `autoseg run` on it (plan, printing every decision; the trainings "
+                                   "worth the time; find-best; prediction of the held-out cases), evaluates the "
+                                   "predictions against their reference labels and writes overlay.png; all "
+                                   "within --time-budget. Rerunning reuses what is done.")
     p.add_argument("--workdir", default="autoseg_demo", help="folder for the dataset, the run, the predictions "
                    "and overlay.png (default: %(default)s)")
     p.add_argument("--time-budget", type=_duration, default=600.0, metavar="DURATION",
@@ -423,7 +424,20 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def share_the_cpu_politely() -> None:
+    """OpenMP threads that wait passively (sleep at once instead of spinning) unless the user chose.
+
+    torch's CPU wheels use GNU OpenMP, whose idle threads spin; beside another CPU-bound process on 2
+    cores a training step then ran 2.72x slower than alone, with OMP_WAIT_POLICY=PASSIVE 1.74x, for the
+    same speed alone (0.402 vs 0.424 s/iteration; docs/benchmarks/shared_machine.md). Must run before
+    torch is imported (the OpenMP runtime reads it once); child processes inherit it.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    share_the_cpu_politely()
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", False)

@@ -5,6 +5,7 @@ The full 10-minute demo (the README's `make demo`) is the slow test at the end.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from autoseg.data.synthetic import bias_field, make_synthetic_dataset
 from autoseg.usecases.demo import (DEMO_CASES, DEMO_SPACING_ZYX, DEMO_TEST_CASES, N_FOLDS, TARGET_DICE, make_demo_dataset,
                           run_demo)
 from autoseg.usecases.budget_split import (MIN_TRAINING_S, TAIL_FRACTION_GUESS, TRAINING_OVERHEAD_S, estimate_tail_seconds,
-                                 planning_budget_per_training, split_training_budget)
+                                 minimum_budget, planning_budget_per_training, split_training_budget)
 from autoseg.errors import AutosegError
 from autoseg.overlay import ROWS, choose_slices, overlay_size_px, write_overlay_png
 from autoseg.schemas import Selection, load_json
@@ -104,10 +105,13 @@ def test_planning_budget_of_the_default_demo_and_of_a_too_small_one():
     share = planning_budget_per_training(600, 2 * N_FOLDS)
     assert MIN_TRAINING_S <= share <= 600 / (2 * N_FOLDS) and share == int(share)
     assert planning_budget_per_training(600, 2 * N_FOLDS) == share  # deterministic: a rerun finds plans current
-    with pytest.raises(AutosegError, match=r"too small for the demo.*--time-budget \d+m or more") as e:
+    with pytest.raises(AutosegError, match=r"too small.*--time-budget \d+m or more") as e:
         planning_budget_per_training(60, 2 * N_FOLDS)
     needed = float(str(e.value).split("at least ")[1].split(" s")[0])
-    assert planning_budget_per_training(needed + 1, 2 * N_FOLDS) >= MIN_TRAINING_S
+    assert needed == math.ceil(minimum_budget(2 * N_FOLDS))
+    assert planning_budget_per_training(needed, 2 * N_FOLDS) >= MIN_TRAINING_S  # the budget it names works
+    with pytest.raises(AutosegError):
+        planning_budget_per_training(needed - 1, 2 * N_FOLDS)
 
 
 def test_tail_estimate_uses_measured_validation_times():
@@ -191,7 +195,7 @@ def test_demo_runs_end_to_end_on_a_tiny_dataset_and_resumes(tmp_path):
 def test_demo_cli_refuses_a_budget_too_small_before_any_work(tmp_path, capsys):
     assert main(["demo", "--workdir", str(tmp_path / "d"), "--time-budget", "60s", "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert "too small" in err and "--time-budget 3m or more" in err
+    assert "too small" in err and "--time-budget 4m or more" in err
     assert not (tmp_path / "d").exists()
 
 

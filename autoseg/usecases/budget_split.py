@@ -1,4 +1,4 @@
-"""Time arithmetic of the built-in demo: how one wall-clock budget for the whole demo is shared.
+"""Time arithmetic of `autoseg run` and the demo: how one wall-clock budget is shared.
 
 The demo (see :mod:`autoseg.usecases.demo`) runs dataset → plan → every (configuration, fold) training →
 find-best → predict → evaluate → overlay inside one budget. Training takes what the other stages
@@ -45,31 +45,41 @@ def _suggest(seconds: float) -> str:
     return f"{math.ceil(seconds / 60)}m"
 
 
+def minimum_budget(n_trainings: int, *, min_training_s: float = MIN_TRAINING_S, before_s: float = 0.0,
+                   after_s: float = 0.0) -> float:
+    """The smallest total budget for which :func:`planning_budget_per_training` gives ``n_trainings``
+    trainings ``min_training_s`` each, with ``before_s``/``after_s`` spent before/after the run."""
+    return (n_trainings * (min_training_s + TRAINING_OVERHEAD_S) + PLAN_ESTIMATE_S) / (1.0 - TAIL_FRACTION_GUESS) \
+        + before_s + after_s
+
+
 def planning_budget_per_training(total_s: float, n_trainings: int, *,
                                  min_training_s: float = MIN_TRAINING_S) -> float:
-    """The per-training budget the demo plans with, before anything has run (whole seconds).
+    """The per-training budget a run plans with, before anything has run (whole seconds).
 
-    Deterministic in its arguments, so that rerunning the demo with the same ``--time-budget``
-    finds plans.json current. Raises AutosegError naming a budget that works when a training
-    would get less than ``min_training_s``.
+    Deterministic in its arguments, so that rerunning with the same ``--time-budget`` finds
+    plans.json current. Raises AutosegError naming a budget that works when a training would get
+    less than ``min_training_s``.
     """
-    fixed = DATASET_ESTIMATE_S + PLAN_ESTIMATE_S + TAIL_FRACTION_GUESS * total_s
+    fixed = PLAN_ESTIMATE_S + TAIL_FRACTION_GUESS * total_s
     share = (total_s - fixed) / n_trainings - TRAINING_OVERHEAD_S
     if share < min_training_s:
-        needed = (n_trainings * (min_training_s + TRAINING_OVERHEAD_S) + DATASET_ESTIMATE_S + PLAN_ESTIMATE_S) \
-            / (1.0 - TAIL_FRACTION_GUESS)
-        raise AutosegError(
-            f"the time budget of {total_s:.0f} s is too small for the demo: after the dataset, the plan "
-            f"(~{DATASET_ESTIMATE_S + PLAN_ESTIMATE_S:.0f} s) and find-best/predict/evaluate (~"
-            f"{TAIL_FRACTION_GUESS * total_s:.0f} s), each of its {n_trainings} trainings would get "
-            f"{max(share, 0.0):.0f} s, below the {min_training_s:.0f} s a training needs; use --time-budget "
-            f"{_suggest(needed)} or more (at least {needed:.0f} s)")
+        raise budget_too_small(total_s, minimum_budget(n_trainings, min_training_s=min_training_s),
+                               f"after planning (~{PLAN_ESTIMATE_S:.0f} s) and find-best/predict (~"
+                               f"{TAIL_FRACTION_GUESS * total_s:.0f} s), each of {n_trainings} trainings would get "
+                               f"{max(share, 0.0):.0f} s, below the {min_training_s:.0f} s a training needs")
     return float(math.floor(share))
+
+
+def budget_too_small(total_s: float, needed_s: float, why: str) -> AutosegError:
+    """The error for a --time-budget under ``needed_s``: what it would give, and a budget that works."""
+    return AutosegError(f"the time budget of {total_s:.0f} s is too small: {why}; use --time-budget "
+                        f"{_suggest(needed_s)} or more (at least {math.ceil(needed_s)} s)")
 
 
 def estimate_tail_seconds(total_s: float, configurations: Sequence[str],
                           validation_s_per_case: Mapping[str, float | None], *, n_folds: int,
-                          n_cv_cases: int, n_test_cases: int) -> float:
+                          n_cv_cases: int, n_test_cases: int, evaluate: bool = True) -> float:
     """Seconds to reserve for find-best, predict, evaluate and the overlay.
 
     ``validation_s_per_case``: per configuration, the measured final-validation seconds per case of
@@ -80,13 +90,14 @@ def estimate_tail_seconds(total_s: float, configurations: Sequence[str],
     """
     n = max(1, len(configurations))
     predict = 0.0
-    for c in configurations:
+    for c in configurations if n_test_cases else ():  # nothing to predict: nothing to reserve
         measured = validation_s_per_case.get(c)
         if measured is None:
             predict += TAIL_FRACTION_GUESS * total_s / n
         else:
             predict += n_folds * (n_test_cases * measured * PREDICT_MARGIN + MODEL_LOAD_S)
-    return predict + FIND_BEST_S_PER_CASE * n_cv_cases + EVALUATE_S_PER_CASE * n_test_cases + OVERLAY_S
+    after = EVALUATE_S_PER_CASE * n_test_cases + OVERLAY_S if evaluate else 0.0
+    return predict + FIND_BEST_S_PER_CASE * n_cv_cases + after
 
 
 def split_training_budget(total_s: float, spent_s: float, n_trainings: int, *, reserved_s: float,

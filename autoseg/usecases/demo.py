@@ -149,7 +149,8 @@ def run_demo(workdir: str | Path, *, time_budget_s: float = DEMO_TIME_BUDGET_S, 
     (for tests). Raises AutosegError before any work when the budget cannot give a training its minimum.
     """
     from ..evaluation import evaluate_folders, format_table
-    from .budget_split import EVALUATE_S_PER_CASE, MIN_TRAINING_S, OVERLAY_S, planning_budget_per_training
+    from .budget_split import (DATASET_ESTIMATE_S, EVALUATE_S_PER_CASE, MIN_TRAINING_S, OVERLAY_S, budget_too_small,
+                               minimum_budget)
     from .run import GOOD_TRAINING_S, _Clock, run
 
     quiet_warning = report is not None  # a caller with its own report prints the Dice warning itself
@@ -159,7 +160,12 @@ def run_demo(workdir: str | Path, *, time_budget_s: float = DEMO_TIME_BUDGET_S, 
     run_dir, pred_dir, overlay_png = root / "run", root / "predictions", root / "overlay.png"
     min_training_s = MIN_TRAINING_S if min_training_s is None else float(min_training_s)
     tail_s = EVALUATE_S_PER_CASE * n_test_cases + OVERLAY_S
-    planning_budget_per_training(time_budget_s, N_FOLDS, min_training_s=min_training_s)  # fail before any work
+    needed = minimum_budget(N_FOLDS, min_training_s=min_training_s, before_s=DATASET_ESTIMATE_S, after_s=tail_s)
+    if time_budget_s < needed:  # refuse before any work, with a budget that works for the dataset, run and evaluation
+        raise budget_too_small(time_budget_s, needed, f"the demo needs ~{DATASET_ESTIMATE_S:.0f} s for its dataset, "
+                                                      f"~{tail_s:.0f} s to evaluate and draw, and `autoseg run` "
+                                                      f"at least {needed - DATASET_ESTIMATE_S - tail_s:.0f} s for "
+                                                      f"one training per fold")
 
     def header(i: int, title: str) -> None:
         report(f"\n=== {i}/4 {title} ({clock.elapsed():.0f} s of {time_budget_s:.0f} s) ===")

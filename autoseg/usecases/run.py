@@ -139,7 +139,7 @@ def _validation_seconds_per_case(store: RunStore, configuration: str, folds: Seq
     return sum(values) / len(values) if values else None
 
 
-def _count_cases(folder: str | Path | None, file_ending: str | None = None) -> int:
+def _count_cases(folder: str | Path | None) -> int:
     if folder is None or not Path(folder).is_dir():
         return 0
     names = {p.name.split("_0000")[0] for p in Path(folder).iterdir() if "_0000" in p.name}
@@ -191,15 +191,18 @@ def run(dataset: str | Path, workdir: str | Path, *, time_budget_s: float, predi
     for reason in choice.reasons:
         report(f"  - {reason}")
 
+    overrides = {"device": device, "num_workers": num_workers, **(training_overrides or {})}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     trainings = clock.run("train", lambda: _train(store, plans, choice, time_budget_s, clock, n_test, min_training_s,
-                                                  dict(training_overrides or {}), progress, report, train_fold))
+                                                  overrides, progress, report, train_fold))
     best = clock.run("find-best", lambda: find_best(workdir, configurations=choice.configurations,
                                                      folds=choice.folds, progress=progress))
     report(best.ranking)
     prediction = None
     if predict_input is not None:
         prediction = clock.run("predict", lambda: _predict(store, predict_input, predict_output, progress=progress,
-                                                           num_workers=num_workers, report=report, predict=predict))
+                                                           num_workers=num_workers, device=device, report=report,
+                                                           predict=predict))
     result = RunResult(workdir=store.root, time_budget_s=float(time_budget_s), total_seconds=round(clock.elapsed(), 1),
                        stage_seconds={k: round(v, 1) for k, v in clock.stages.items()}, choice=choice,
                        trainings=trainings, selection=best.selection, ranking=best.ranking,
@@ -213,7 +216,7 @@ def run(dataset: str | Path, workdir: str | Path, *, time_budget_s: float, predi
 
 
 def _predict(store: RunStore, images: str | Path, out_dir: str | Path, *, progress: bool, num_workers: int | None,
-             report: Callable[[str], None], predict: Callable[..., Any]) -> Any:
+             device: str | None, report: Callable[[str], None], predict: Callable[..., Any]) -> Any:
     """Predict ``images`` with the selection, unless ``out_dir`` holds this selection's predictions of all of them."""
     from ..atomic import read_json
     from ..inference.predict_cases import PREDICTION_INFO_JSON
@@ -233,7 +236,7 @@ def _predict(store: RunStore, images: str | Path, out_dir: str | Path, *, progre
                                                "failed": False}).current:
                 report(f"predictions in {out_dir} were made with the current selection: reusing them")
                 return None
-    result = predict(store.root, images, out_dir, progress=progress, num_workers=num_workers)
+    result = predict(store.root, images, out_dir, progress=progress, num_workers=num_workers, device=device)
     report(f"predicted {len(result.predicted_cases)} case(s) with {', '.join(result.configurations)} (folds "
            f"{result.folds}) into {result.output_dir} in {result.total_seconds:.0f} s")
     return result
@@ -243,7 +246,8 @@ def _train(store: RunStore, plans: Plans, choice: TrainingChoice, total_s: float
            min_training_s: float, overrides: dict, progress: bool, report: Callable[[str], None],
            train_fold: Callable[..., Any]) -> list[dict[str, Any]]:
     """Every chosen (configuration, fold) not finished yet, one after the other, sharing what is left."""
-    n_cv = len(store.manifest().cases)
+    splits = store.splits()
+    n_cv = sum(len(splits.folds[f].val) for f in choice.folds if f < len(splits.folds))  # find-best scores these
     todo = [t for t in choice.trainings if not store.fold_finished(*t)]
     done = len(choice.trainings) - len(todo)
     if done:
@@ -252,7 +256,7 @@ def _train(store: RunStore, plans: Plans, choice: TrainingChoice, total_s: float
     def tail() -> float:
         measured = {c: _validation_seconds_per_case(store, c, choice.folds) for c in choice.configurations}
         return estimate_tail_seconds(total_s, choice.configurations, measured, n_folds=len(choice.folds),
-                                     n_cv_cases=n_cv, n_test_cases=n_test)
+                                     n_cv_cases=n_cv, n_test_cases=n_test, evaluate=False)
 
     precision: dict[str, str] = {}
     results = []
