@@ -20,12 +20,18 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union
 
 from .errors import SchemaError
 
 SCHEMA_VERSION = 1
 DUMMY_2D_SPACING_MM = 999.0
+
+
+#: Names and values checked when a file is read (a Literal is a plain str in memory and in JSON).
+ConfigurationName = Literal["2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+DeviceKind = Literal["cpu", "cuda"]
 
 
 class Configuration(str, enum.Enum):
@@ -66,6 +72,10 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise SchemaError(f"{where}: {value!r} is not one of {', '.join(repr(a) for a in args)}")
         return value
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
@@ -310,7 +320,7 @@ class Fingerprint:
 class HardwareBudget:
     """What the plan was sized for. Detected once at the edge (hardware.py), overridable by flags."""
 
-    device: str  # "cuda" or "cpu"
+    device: DeviceKind  # "cuda" or "cpu"
     gpu_name: str | None
     gpu_total_memory_gb: float | None
     gpu_free_memory_gb: float | None
@@ -384,7 +394,7 @@ class NetworkSpec:
 class ConfigurationPlan:
     """Everything needed to preprocess, train and predict one configuration. Reads alone."""
 
-    name: str  # a Configuration value
+    name: ConfigurationName
     data_identifier: str  # folder under preprocessed/
     dims: int  # 2 or 3
     spacing_zyx_mm: list[float]  # target spacing in the original (untransposed) zyx order
@@ -401,8 +411,8 @@ class ConfigurationPlan:
     dummy_2d_augmentation: bool  # spatial augmentation slice-wise for strongly anisotropic 3D patches
     estimated_memory_gb: float  # training memory estimate (GPU memory on cuda, RAM on cpu)
     estimated_gflop_per_iteration: float  # forward + backward, whole batch
-    previous_stage: str | None = None
-    next_stage: str | None = None
+    previous_stage: ConfigurationName | None = None
+    next_stage: ConfigurationName | None = None
     decisions: list[Decision] = field(default_factory=list)
 
 
@@ -491,7 +501,7 @@ class TrainingSettings:
     """Resolved training settings: defaults, then CLI overrides. Written to train_settings.json."""
 
     schema_version: int
-    configuration: str
+    configuration: ConfigurationName
     fold: str  # "0".."4" or "all"
     epochs: int
     iterations_per_epoch: int
@@ -506,7 +516,7 @@ class TrainingSettings:
     foreground_oversample_fraction: float
     num_workers: int
     device: str
-    precision: str  # "fp32", "bf16", "fp16"
+    precision: Precision  # "auto" is resolved by the trainer (the faster of fp32 and bf16 on a CPU)
     seed: int
     time_budget_s: float | None
     checkpoint_every_s: float
@@ -528,7 +538,7 @@ class FoldSummary:
     """
 
     schema_version: int
-    configuration: str
+    configuration: ConfigurationName
     fold: str
     checkpoint_hash: str
     num_cases: int

@@ -48,12 +48,13 @@ def _image_with_zero_border():
 def test_preprocess_arrays_crops_resamples_and_transposes():
     data, seg = _image_with_zero_border()
     plan = make_plan(spacing=(2.0, 0.5, 1.0), transpose=(2, 0, 1), use_mask=True)
-    out, seg_out, info = preprocess_arrays(data, seg, (1.0, 1.0, 1.0), plan)
-    assert info["shape_before_crop"] == [6, 10, 12]
-    assert info["crop_bbox"] == [[1, 5], [2, 8], [3, 11]]
-    assert info["shape_after_crop"] == [4, 6, 8]
-    assert info["shape_after_resampling"] == [2, 12, 8]  # z halved, y doubled, x kept
-    assert info["spacing_after"] == [2.0, 0.5, 1.0]
+    case = preprocess_arrays(data, seg, (1.0, 1.0, 1.0), plan, case_id="c1")
+    out, seg_out, props = case.data, case.seg, case.properties
+    assert props.case_id == "c1" and props.shape_before_crop_zyx == [6, 10, 12]
+    assert props.crop_bbox_zyx == [[1, 5], [2, 8], [3, 11]]
+    assert props.shape_after_crop_zyx == [4, 6, 8]
+    assert props.shape_after_resampling_zyx == [2, 12, 8]  # z halved, y doubled, x kept
+    assert props.spacing_after_zyx_mm == [2.0, 0.5, 1.0] and props.geometry.shape_zyx == (6, 10, 12)
     assert out.shape == (1, 8, 2, 12) and out.dtype == np.float32  # (C, x, z, y)
     assert seg_out.shape == (1, 8, 2, 12) and seg_out.dtype == np.int16
     assert set(np.unique(seg_out)) <= {0, 1, 2}
@@ -68,8 +69,9 @@ def test_outside_the_body_becomes_minus_one_and_normalization_uses_the_mask():
     seg = np.zeros((4, 8, 8), dtype=np.int16)
     seg[:, 2:4, 2:4] = 1
     plan = make_plan(spacing=(1.0, 1.0, 1.0), use_mask=True)
-    out, seg_out, info = preprocess_arrays(data, seg, (1.0, 1.0, 1.0), plan)
-    assert info["crop_bbox"] == [[0, 4], [0, 8], [0, 8]]
+    case = preprocess_arrays(data, seg, (1.0, 1.0, 1.0), plan)
+    out, seg_out = case.data, case.seg
+    assert case.properties.crop_bbox_zyx == [[0, 4], [0, 8], [0, 8]]
     assert seg_out[0, 1, 0, 7] == -1 and seg_out[0, 1, 7, 0] == -1  # background outside the body
     assert seg_out[0, 1, 3, 3] == 1 and seg_out[0, 1, 5, 5] == 0  # hole and labels inside kept
     assert out[0, 1, 0, 7] == 0.0  # outside the mask is set to 0 by masked z-score
@@ -79,16 +81,16 @@ def test_outside_the_body_becomes_minus_one_and_normalization_uses_the_mask():
 
 def test_preprocess_arrays_without_seg_for_prediction():
     data, _ = _image_with_zero_border()
-    out, seg_out, info = preprocess_arrays(data, None, (1.0, 1.0, 1.0), make_plan(spacing=(1.0, 1.0, 1.0)))
-    assert seg_out is None and out.shape == (1, 4, 6, 8)
+    case = preprocess_arrays(data, None, (1.0, 1.0, 1.0), make_plan(spacing=(1.0, 1.0, 1.0)))
+    assert case.seg is None and case.data.shape == (1, 4, 6, 8)
 
 
 def test_2d_image_keeps_its_dummy_axis():
     data = np.random.default_rng(0).uniform(1, 2, size=(3, 1, 10, 16)).astype(np.float32)
     plan = make_plan(spacing=(999.0, 2.0, 2.0), scheme="rgb_0_1", channels=3, dims=2)
-    out, seg_out, info = preprocess_arrays(data, None, (999.0, 1.0, 1.0), plan)
-    assert out.shape == (3, 1, 5, 8)
-    assert info["spacing_after"] == [999.0, 2.0, 2.0]
+    case = preprocess_arrays(data, None, (999.0, 1.0, 1.0), plan)
+    assert case.data.shape == (3, 1, 5, 8)
+    assert case.properties.spacing_after_zyx_mm == [999.0, 2.0, 2.0]
 
 
 def test_target_spacing_of_a_2d_configuration_keeps_the_out_of_plane_axis():

@@ -55,24 +55,6 @@ def case_id_and_files(paths: Sequence[str | Path] | CaseFiles | str | Path,
     return probabilities_path(out_path).name[:-4], files
 
 
-def image_geometry(image: np.ndarray, geometry: Geometry | Sequence[float]) -> Geometry:
-    """The Geometry of ``image`` (C, Z, Y, X): ``geometry`` itself, checked against the image's shape,
-    or one made from a ``(z, y, x)`` spacing in mm (origin 0, identity direction)."""
-    if isinstance(geometry, Geometry):
-        if tuple(geometry.shape_zyx) != tuple(image.shape[1:]):
-            raise AutosegError(f"image of shape (C, Z, Y, X) {tuple(image.shape)} does not match its "
-                               f"geometry (size {geometry.size}, i.e. (Z, Y, X) {geometry.shape_zyx}); "
-                               f"pass the geometry of this image")
-        return geometry
-    spacing = [float(s) for s in geometry]
-    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise AutosegError(f"spacing {tuple(geometry)} is not a (Z, Y, X) spacing in mm; expected three "
-                           f"positive numbers (2D images: (999, y, x))")
-    return Geometry(ndim=3, size=tuple(int(s) for s in reversed(image.shape[1:])),
-                    spacing=tuple(reversed(spacing)), origin=(0.0, 0.0, 0.0),
-                    direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-
-
 def read_case_image(case_id: str, files: Sequence[str], num_channels: int,
                     channel_names: Sequence[str]) -> tuple[np.ndarray, Geometry]:
     """Read the channel files -> ``(C, Z, Y, X)`` float32 and the first file's geometry.

@@ -31,12 +31,13 @@ import numpy as np
 import torch
 
 from ..errors import AutosegError
-from ..schemas import (SCHEMA_VERSION, CaseFiles, CaseProperties, ConfigurationPlan, Geometry,
+from ..schemas import (CaseFiles, CaseProperties, ConfigurationPlan, Geometry,
                        PostprocessingStep, load_json)
 from ..store import RunStore, plans_hash
 from ..workdir import CHECKPOINT_KINDS, Workdir
 from .cascade_predict import cascade_input, stage_order
-from .case_io import case_id_and_files, image_geometry, read_case_image, write_case_outputs
+from ..preprocessing.preprocess import image_geometry
+from .case_io import case_id_and_files, read_case_image, write_case_outputs
 from ..model.export import logits_to_original_probabilities, probabilities_to_segmentation
 from ..model.sliding_window import predict_sliding_window
 from .uncertainty import MemberStore
@@ -92,16 +93,6 @@ def _resolve_precision(requested: str, device: torch.device, recorded: list[str 
     if device.type == "cpu" and len(set(recorded)) == 1 and recorded[0] in ("fp32", "bf16"):
         return str(recorded[0])
     return "fp32"
-
-
-def _properties(case_id: str, geometry: Geometry, info: dict[str, Any]) -> CaseProperties:
-    """What :func:`preprocess_arrays` recorded, as the sidecar that export and the cascade read."""
-    return CaseProperties(
-        schema_version=SCHEMA_VERSION, case_id=case_id, geometry=geometry, file_ending="",
-        shape_before_crop_zyx=info["shape_before_crop"], crop_bbox_zyx=info["crop_bbox"],
-        shape_after_crop_zyx=info["shape_after_crop"], spacing_before_zyx_mm=info["spacing_before"],
-        spacing_after_zyx_mm=info["spacing_after"], shape_after_resampling_zyx=info["shape_after_resampling"],
-        class_locations={}, preprocessing_hash="", source_hash="")
 
 
 class Predictor:
@@ -295,9 +286,9 @@ class Predictor:
 
         if prepared.image is None:
             raise RuntimeError(f"case {prepared.case_id}: its image was let go before {name} was preprocessed")
-        data, _, info = preprocess_arrays(prepared.image, None, prepared.geometry.spacing_zyx,
-                                          self.plans.configuration(name))
-        return data, _properties(prepared.case_id, prepared.geometry, info)
+        case = preprocess_arrays(prepared.image, None, prepared.geometry, self.plans.configuration(name),
+                                 case_id=prepared.case_id)
+        return case.data, case.properties
 
     def _input(self, prepared: PreparedCase, index: int) -> tuple[np.ndarray, CaseProperties]:
         """The preprocessed input of stage ``index``: done ahead, or now; freed after its last use, and

@@ -14,6 +14,7 @@ import logging
 import math
 import multiprocessing
 import os
+from dataclasses import dataclass, replace
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_save_npy
 from ..errors import AutosegError
-from ..schemas import (SCHEMA_VERSION, CaseFiles, CaseProperties, ConfigurationPlan, DatasetManifest,
+from ..schemas import (SCHEMA_VERSION, CaseFiles, CaseProperties, ConfigurationPlan, DatasetManifest, Geometry,
                        load_json, save_json, stable_hash)
 from ..store import freshness
 from ..workdir import Workdir
@@ -73,17 +74,48 @@ def _check_transpose(plan: ConfigurationPlan) -> list[int]:
     return tf
 
 
-def preprocess_arrays(data: np.ndarray, seg: np.ndarray | None, spacing_zyx: Sequence[float],
-                      plan: ConfigurationPlan
-                      ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+@dataclass(frozen=True)
+class PreprocessedCase:
+    """One case ready for the networks, and the way back to its image: what preprocessing hands to the
+    sliding window and the sliding window's output to export.
+
+    ``data`` float32 (C, *S); ``seg`` int16 (1, *S) (-1 outside the body) or None (prediction), where S
+    is the resampled shape permuted by the plan's ``transpose_forward``; ``properties`` the case's
+    :class:`CaseProperties` (geometry, crop box, shapes and spacings in the original axis order).
+    """
+
+    data: np.ndarray
+    seg: np.ndarray | None
+    properties: CaseProperties
+
+
+def image_geometry(image: np.ndarray, geometry: Geometry | Sequence[float]) -> Geometry:
+    """The Geometry of ``image`` (C, Z, Y, X): ``geometry`` itself, checked against the image's shape,
+    or one made from a ``(z, y, x)`` spacing in mm (origin 0, identity direction)."""
+    if isinstance(geometry, Geometry):
+        if tuple(geometry.shape_zyx) != tuple(image.shape[1:]):
+            raise AutosegError(f"image of shape (C, Z, Y, X) {tuple(image.shape)} does not match its "
+                               f"geometry (size {geometry.size}, i.e. (Z, Y, X) {geometry.shape_zyx}); "
+                               f"pass the geometry of this image")
+        return geometry
+    spacing = [float(s) for s in geometry]
+    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise AutosegError(f"spacing {tuple(geometry)} is not a (Z, Y, X) spacing in mm; expected three "
+                           f"positive numbers (2D images: (999, y, x))")
+    return Geometry(ndim=3, size=tuple(int(s) for s in reversed(image.shape[1:])),
+                    spacing=tuple(reversed(spacing)), origin=(0.0, 0.0, 0.0),
+                    direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+
+
+def preprocess_arrays(data: np.ndarray, seg: np.ndarray | None, geometry: Geometry | Sequence[float],
+                      plan: ConfigurationPlan, *, case_id: str = "case", file_ending: str = "") -> PreprocessedCase:
     """Crop, normalize, resample and transpose one case held in memory.
 
-    ``data`` (C, Z, Y, X) float, ``seg`` (Z, Y, X) integer labels or None (prediction),
-    ``spacing_zyx`` in mm. Returns ``(data_out, seg_out, info)``: ``data_out`` float32
-    (C, *S) and ``seg_out`` int16 (1, *S) (-1 outside the body) or None, where S is the resampled
-    shape permuted by ``plan.transpose_forward``. ``info`` holds, in the original axis order:
-    ``shape_before_crop``, ``crop_bbox`` ([[z0, z1], [y0, y1], [x0, x1]], half-open),
-    ``shape_after_crop``, ``shape_after_resampling``, ``spacing_before`` and ``spacing_after`` (mm).
+    ``data`` (C, Z, Y, X) float, ``seg`` (Z, Y, X) integer labels or None (prediction), ``geometry`` the
+    image's :class:`Geometry` or its (z, y, x) spacing in mm. The returned properties hold, in the
+    original axis order, the shape before and after the crop, the crop box ([[z0, z1], [y0, y1],
+    [x0, x1]], half-open), the shape after resampling and the spacings (mm); ``class_locations`` and
+    ``source_hash`` are left empty (the dataset's preprocessing fills them).
     """
     if data.ndim != 4:
         raise ValueError(f"preprocess_arrays expects data (C, Z, Y, X), got shape {data.shape}")
@@ -93,7 +125,8 @@ def preprocess_arrays(data: np.ndarray, seg: np.ndarray | None, spacing_zyx: Seq
                                f"{data.shape[1:]}; re-export the label on the image grid")
         seg = seg.astype(np.int16, copy=False)
     tf = _check_transpose(plan)
-    spacing = [float(s) for s in spacing_zyx]
+    geometry = image_geometry(data, geometry)
+    spacing = [float(s) for s in geometry.spacing_zyx]
     target = target_spacing_zyx(spacing, plan)
     shape_before = [int(s) for s in data.shape[1:]]
 
@@ -114,15 +147,13 @@ def preprocess_arrays(data: np.ndarray, seg: np.ndarray | None, spacing_zyx: Seq
     seg_out = None
     if seg_c is not None:
         seg_out = _resample_and_transpose_segmentation(seg_c, new_shape, spacing, target, plan)
-    info = {
-        "shape_before_crop": shape_before,
-        "crop_bbox": [[int(lo), int(hi)] for lo, hi in bbox],
-        "shape_after_crop": shape_after_crop,
-        "shape_after_resampling": [int(s) for s in new_shape],
-        "spacing_before": spacing,
-        "spacing_after": [float(s) for s in target],
-    }
-    return data_out, seg_out, info
+    properties = CaseProperties(
+        schema_version=SCHEMA_VERSION, case_id=case_id, geometry=geometry, file_ending=file_ending,
+        shape_before_crop_zyx=shape_before, crop_bbox_zyx=[[int(lo), int(hi)] for lo, hi in bbox],
+        shape_after_crop_zyx=shape_after_crop, spacing_before_zyx_mm=spacing,
+        spacing_after_zyx_mm=[float(s) for s in target], shape_after_resampling_zyx=[int(s) for s in new_shape],
+        class_locations={}, preprocessing_hash=preprocessing_hash(plan), source_hash="")
+    return PreprocessedCase(data_out, seg_out, properties)
 
 
 def _resample_and_transpose_segmentation(seg_c: np.ndarray, new_shape: Sequence[int],
@@ -251,8 +282,9 @@ def preprocess_case(case: CaseFiles, plan: ConfigurationPlan, out_dir: str | os.
     json_path.unlink(missing_ok=True)  # the case is incomplete until the new json is written
     source_hash = case_source_hash(case)
     data, seg, geometry = _read_case(case)
-    data_out, seg_out, info = preprocess_arrays(data, seg, geometry.spacing_zyx, plan)
+    case_out = preprocess_arrays(data, seg, geometry, plan, case_id=case.case_id, file_ending=file_ending)
     del data, seg
+    data_out, seg_out = case_out.data, case_out.seg
     values = _label_values(labels)
     class_locations: dict[str, list[list[int]]] = {}
     atomic_save_npy(data_path, data_out)
@@ -261,13 +293,7 @@ def preprocess_case(case: CaseFiles, plan: ConfigurationPlan, out_dir: str | os.
         class_locations = sample_class_locations(seg_out, [v for v in values if v > 0])
         fits_int8 = max(values + [0]) <= 127
         atomic_save_npy(seg_path, seg_out.astype(np.int8 if fits_int8 else np.int16))
-    props = CaseProperties(
-        schema_version=SCHEMA_VERSION, case_id=case.case_id, geometry=geometry,
-        file_ending=file_ending, shape_before_crop_zyx=info["shape_before_crop"],
-        crop_bbox_zyx=info["crop_bbox"], shape_after_crop_zyx=info["shape_after_crop"],
-        spacing_before_zyx_mm=info["spacing_before"], spacing_after_zyx_mm=info["spacing_after"],
-        shape_after_resampling_zyx=info["shape_after_resampling"], class_locations=class_locations,
-        preprocessing_hash=preprocessing_hash(plan), source_hash=source_hash)
+    props = replace(case_out.properties, class_locations=class_locations, source_hash=source_hash)
     save_json(props, json_path)
     return props
 
