@@ -1,12 +1,13 @@
 """Time arithmetic of `autoseg run` and the demo: how one wall-clock budget is shared.
 
-The demo (see :mod:`autoseg.usecases.demo`) runs dataset → plan → every (configuration, fold) training →
-find-best → predict → evaluate → overlay inside one budget. Training takes what the other stages
-leave: the stages already done cost what they cost (measured), the stages after training are
-reserved from estimates (refined from the measured validation times as folds finish), and every
-training also pays a fixed start-up outside its own budget clock. The trainings then share the rest
-equally; the share is recomputed before each training, so time an earlier training did not use (or
-overran) moves to the later ones. Plain arithmetic: no torch, no clock.
+A run (see :mod:`autoseg.usecases.run`) plans, trains the (configuration, fold) pairs it chose, runs
+find-best and optionally predicts inside one budget; the demo (:mod:`autoseg.usecases.demo`) adds its
+dataset before and its evaluation and overlay after. Training takes what the other stages leave: the
+stages already done cost what they cost (measured), the stages after training are reserved from
+estimates (refined from the measured validation times as folds finish), and every training also pays
+a fixed start-up outside its own budget clock. The trainings then share the rest equally; the share
+is recomputed before each training, so time an earlier training did not use (or overran) moves to the
+later ones. Plain arithmetic: no torch, no clock.
 """
 from __future__ import annotations
 
@@ -119,10 +120,8 @@ def split_training_budget(total_s: float, spent_s: float, n_trainings: int, *, r
         if not strict:
             return [float(min_training_s)] * n_trainings
         needed = spent_s + reserved_s + n_trainings * (min_training_s + overhead_per_training_s)
-        raise AutosegError(
-            f"the time budget of {total_s:.0f} s is too small: {spent_s:.0f} s are spent, {reserved_s:.0f} s are "
-            f"kept for find-best, predict and evaluate, and {n_trainings} training(s) would get "
-            f"{max(share, 0.0):.0f} s each (plus {overhead_per_training_s:.0f} s start-up), below the "
-            f"{min_training_s:.0f} s a training needs; use --time-budget {_suggest(needed)} or more (at least "
-            f"{needed:.0f} s)")
+        raise budget_too_small(total_s, needed, f"{spent_s:.0f} s are spent, {reserved_s:.0f} s are kept for the "
+                                                f"stages after training, and {n_trainings} training(s) would get "
+                                                f"{max(share, 0.0):.0f} s each (plus {overhead_per_training_s:.0f} s "
+                                                f"start-up), below the {min_training_s:.0f} s a training needs")
     return [float(share)] * n_trainings
