@@ -66,3 +66,24 @@ def lowres_run(tmp_path_factory) -> Path:
     for k in range(5):
         assert main(["train", "--workdir", str(run), "-c", "3d_lowres", "--fold", str(k), *FAST_TRAIN]) == 0
     return run
+
+
+def tiny_training(tmp_path: Path, name: str, overrides: dict):
+    """A 5-case 3D dataset planned for the CPU and the resolved settings of 3d_fullres fold 0 with
+    ``overrides``: ``(workdir, config, settings, train_ids, val_ids)``, the fold folder made."""
+    from autoseg.cli import main
+    from autoseg.store import RunStore
+    from autoseg.training.splits import fold_cases
+    from autoseg.usecases.train import resolve_training_settings
+
+    ds = make_synthetic_dataset(tmp_path / name, n_cases=5, shape=(8, 16, 16))
+    run = tmp_path / "run"
+    assert main(["plan", str(ds), "--workdir", str(run), "--no-progress", "--num-workers", "1", "--device", "cpu",
+                 "--cpu-gflops", "100"]) == 0
+    store = RunStore(run)
+    plans = store.plans()
+    config = plans.configuration("3d_fullres")
+    train_ids, val_ids = fold_cases(store.splits(), 0)
+    settings = resolve_training_settings(plans, config, "0", {"num_workers": 0, "device": "cpu", **overrides})
+    store.wd.fold_dir(config.name, 0).mkdir(parents=True, exist_ok=True)
+    return store.wd, config, settings, train_ids, val_ids

@@ -82,26 +82,10 @@ def test_torch_threads_work_in_a_spawned_child_after_parallel_work_here() -> Non
 
 @pytest.fixture
 def tiny_trainer(tmp_path: Path):
-    from autoseg.cli import main
-    from autoseg.store import load_plans
-    from autoseg.usecases.train import resolve_training_settings
-    from autoseg.schemas import Splits, load_json
-    from autoseg.training.splits import fold_cases
-    from autoseg.workdir import Workdir
-    from tests.synthetic import make_synthetic_dataset
+    from tests.conftest import tiny_training
 
-    ds = make_synthetic_dataset(tmp_path / "Dataset012_Guard", n_cases=5, shape=(8, 16, 16))
-    run = tmp_path / "run"
-    assert main(["plan", str(ds), "--workdir", str(run), "--no-progress", "--num-workers", "1", "--device", "cpu",
-                 "--cpu-gflops", "100"]) == 0
-    wd = Workdir(run)
-    plans = load_plans(run)
-    config = plans.configuration("3d_fullres")
-    train_ids, val_ids = fold_cases(load_json(Splits, wd.splits_json), 0)
-    settings = resolve_training_settings(plans, config, "0", {
-        "epochs": 3, "iterations_per_epoch": 2, "validation_iterations_per_epoch": 1, "precision": "bf16",
-        "num_workers": 0, "device": "cpu"})
-    wd.fold_dir(config.name, 0).mkdir(parents=True, exist_ok=True)
+    wd, config, settings, train_ids, val_ids = tiny_training(tmp_path, "Dataset012_Guard", {
+        "epochs": 3, "iterations_per_epoch": 2, "validation_iterations_per_epoch": 1, "precision": "bf16"})
 
     def make():
         from autoseg.training.trainer import Trainer

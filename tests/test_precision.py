@@ -81,26 +81,11 @@ class _RaisingSteps:
 
 @pytest.fixture
 def auto_trainer(tmp_path: Path):
-    from autoseg.cli import main
-    from autoseg.store import load_plans
-    from autoseg.usecases.train import resolve_training_settings
-    from autoseg.schemas import Splits, load_json
-    from autoseg.training.splits import fold_cases
     from autoseg.training.trainer import Trainer
-    from autoseg.workdir import Workdir
-    from tests.synthetic import make_synthetic_dataset
+    from tests.conftest import tiny_training
 
-    ds = make_synthetic_dataset(tmp_path / "Dataset013_Probe", n_cases=5, shape=(8, 16, 16))
-    run = tmp_path / "run"
-    assert main(["plan", str(ds), "--workdir", str(run), "--no-progress", "--num-workers", "1", "--device", "cpu",
-                 "--cpu-gflops", "100"]) == 0
-    wd = Workdir(run)
-    plans = load_plans(run)
-    config = plans.configuration("3d_fullres")
-    train_ids, val_ids = fold_cases(load_json(Splits, wd.splits_json), 0)
-    settings = resolve_training_settings(plans, config, "0", {
-        "epochs": 1, "iterations_per_epoch": 2, "validation_iterations_per_epoch": 1, "precision": "auto",
-        "num_workers": 0, "device": "cpu"})
+    wd, config, settings, train_ids, val_ids = tiny_training(tmp_path, "Dataset013_Probe", {
+        "epochs": 1, "iterations_per_epoch": 2, "validation_iterations_per_epoch": 1, "precision": "auto"})
     return Trainer(wd, config, settings, train_ids, val_ids, progress=False)
 
 
