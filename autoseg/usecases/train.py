@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import AutosegError, StaleArtifactError
 from ..hardware import format_duration
+from ..locks import exclusive
 from ..schemas import SCHEMA_VERSION, ConfigurationPlan, FoldSummary, Plans, Splits, TrainingSettings, load_json
 from ..store import RunStore, State, configuration_hash
 from ..workdir import Workdir
@@ -140,26 +141,30 @@ def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides:
             f"{wd.fold_dir(config.name, fold)} was trained with another plan for {config.name} (plans.json "
             f"changed since: {fresh.reason}). Delete that folder to train this fold again with the current "
             f"plans, or use another --workdir.")
-    settings = resolve_training_settings(plans, config, str(fold), overrides or {}, existing=settings_path)
-    settings = replace(settings, configuration_hash=configuration_hash(config))
-    _warn_if_smaller_device(plans, settings.device)
-    store.save(settings, settings_path)
-    log.info("training %s fold %s: %s", config.name, fold, budget_line(plans, settings))
-    log.info("training %s fold %s on %s (%s): %d training / %d validation cases", config.name, fold,
-             settings.device, settings.precision, len(train_ids), len(val_ids))
-    trainer = Trainer(wd, config, settings, train_ids, val_ids, progress=progress,
-                      previous_stage_segs=previous_segs)
-    state = run_training_guarded(trainer)  # bf16 on a CPU: fit() in a child process, fp32 again if it crashes
-    summary = None
-    if validate:
-        from ..training.validation import validate_fold
+    lock = wd.fold_dir(config.name, fold) / ".train.lock"
+    with exclusive(lock, f"{config.name} fold {fold} of {wd.root}",
+                   hint="two trainings of one fold would overwrite each other's checkpoints; wait for it to end, "
+                        "or train another fold (different folds may run at the same time)"):
+        settings = resolve_training_settings(plans, config, str(fold), overrides or {}, existing=settings_path)
+        settings = replace(settings, configuration_hash=configuration_hash(config))
+        _warn_if_smaller_device(plans, settings.device)
+        store.save(settings, settings_path)
+        log.info("training %s fold %s: %s", config.name, fold, budget_line(plans, settings))
+        log.info("training %s fold %s on %s (%s): %d training / %d validation cases", config.name, fold,
+                 settings.device, settings.precision, len(train_ids), len(val_ids))
+        trainer = Trainer(wd, config, settings, train_ids, val_ids, progress=progress,
+                          previous_stage_segs=previous_segs)
+        state = run_training_guarded(trainer)  # bf16 on a CPU: fit() in a child process, fp32 again if it crashes
+        summary = None
+        if validate:
+            from ..training.validation import validate_fold
 
-        summary = validate_fold(wd, plans, config, settings, trainer.network, val_ids, store.manifest(),
-                                progress=progress, precision=state.precision, previous_stage_segs=previous_segs)
-    return TrainResult(configuration=config.name, fold=str(fold), precision=state.precision,
-                       iterations=sum(int(r.get("iterations", 0)) for r in state.log),
-                       train_seconds=round(float(state.elapsed_s), 1), time_budget_s=settings.time_budget_s,
-                       summary=summary)
+            summary = validate_fold(wd, plans, config, settings, trainer.network, val_ids, store.manifest(),
+                                    progress=progress, precision=state.precision, previous_stage_segs=previous_segs)
+        return TrainResult(configuration=config.name, fold=str(fold), precision=state.precision,
+                           iterations=sum(int(r.get("iterations", 0)) for r in state.log),
+                           train_seconds=round(float(state.elapsed_s), 1), time_budget_s=settings.time_budget_s,
+                           summary=summary)
 
 
 def planned_in_training_order(workdir: str | Path) -> list[str]:
