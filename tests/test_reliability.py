@@ -309,7 +309,11 @@ def test_predict_with_a_bad_checkpoint_names_it_and_the_train_command(run3d, tmp
     assert _predict(run, ds / "imagesTs", tmp_path / "out", "3d_fullres") == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert f"checkpoint {final} of 3d_fullres fold 0 cannot be used: it" in err and DAMAGE[how] in err
+    if how == "another network":
+        assert f"checkpoint {final} does not fit the '3d_fullres' network in plans.json (fold 0): it" in err
+    else:
+        assert f"checkpoint {final} of 3d_fullres fold 0 cannot be used: it" in err
+    assert DAMAGE[how] in err
     assert f"`autoseg train --workdir {run} -c 3d_fullres --fold 0`" in err
     assert not (tmp_path / "out").exists()
 

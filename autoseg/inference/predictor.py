@@ -115,9 +115,10 @@ def _unusable_checkpoint(e: Exception, configuration: str, fold: int | str, work
     else:
         todo = (f"predict with --checkpoint final, or delete {Path(path).parent} and train the fold again "
                 f"with `{train}`")
-    another = " (plans.json changed after training, or the file comes from another run)" \
-        if "another network" in reason else ""
-    return f"checkpoint {path} of {configuration} fold {fold} cannot be used: it {reason}{another}; {todo}"
+    if "another network" in reason:
+        return (f"checkpoint {path} does not fit the '{configuration}' network in plans.json (fold {fold}): it "
+                f"{reason}; plans.json changed after training, or the file comes from another run: {todo}")
+    return f"checkpoint {path} of {configuration} fold {fold} cannot be used: it {reason}; {todo}"
 
 
 class Predictor:
