@@ -1,7 +1,8 @@
 """The `autoseg` command line: the parser, logging, error handling and exit codes; the subcommands that
 run a use case are in :mod:`autoseg.commands`. Only these two modules print.
 
-Exit codes: 0 success, 2 usage error, 1 AutosegError (message only; traceback with -v).
+Exit codes: 0 success, 2 usage error, 1 AutosegError or OSError (a read-only or full disk: one line
+naming the file; traceback with -v).
 torch is imported lazily by the stages that need it, so `autoseg --help` is fast.
 """
 from __future__ import annotations
@@ -110,9 +111,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.exception("autoseg failed")
         print(f"autoseg: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
+    except OSError as e:  # a read-only or full disk, a folder without permission: one line, not a traceback
+        if verbose:
+            log.exception("autoseg failed")
+        print(f"autoseg: error: {os_error_message(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("autoseg: interrupted", file=sys.stderr)
         return 130
+
+
+_WRITE_ERRNOS = {"ENOSPC": "free space or choose another --workdir/-o",
+                 "EDQUOT": "free space (your disk quota is used up) or choose another --workdir/-o",
+                 "EROFS": "the file system is mounted read-only; choose another --workdir/-o",
+                 "EFBIG": "the file system cannot hold a file this large; choose another --workdir/-o"}
+_ACCESS_ERRNOS = {"EACCES", "EPERM"}
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an OSError: what could not be done to which file, the system's reason and what to do,
+    e.g. 'cannot write RUN/plans.json: No space left on device — free space or choose another --workdir/-o'."""
+    import errno as _errno
+
+    name = _errno.errorcode.get(e.errno or 0, "")
+    reason = e.strerror or str(e) or type(e).__name__
+    where = e.filename if e.filename is not None else "a file (its name was not reported)"
+    if e.filename2 is not None:
+        where = f"{where} -> {e.filename2}"
+    if name in _WRITE_ERRNOS:
+        return f"cannot write {where}: {reason} — {_WRITE_ERRNOS[name]}"
+    if name in _ACCESS_ERRNOS:
+        return (f"cannot access {where}: {reason} — give yourself permission (chmod/chown) or choose another "
+                f"--workdir/-o")
+    return f"{where}: {reason} ({type(e).__name__}); rerun with -v for the traceback"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,9 @@ Contract for every reader and writer in this module:
   * the :class:`~autoseg.schemas.Geometry` returned with the data keeps the file's geometry in ITK
     order (x, y[, z]): size, spacing (mm), origin (mm), direction (row-major cosines), components.
   * writers take the same ``(C, Z, Y, X)`` / ``(Z, Y, X)`` arrays plus a Geometry and write exactly
-    that spacing, origin and direction; a 2D geometry writes a 2D file from slice 0. Writes are atomic.
+    that spacing, origin and direction; a 2D geometry writes a 2D file from slice 0. Writes are atomic,
+    and what was written is read back (header, completeness) before it replaces the target: SimpleITK
+    does not raise when the disk fills up (see :func:`_verify_written`).
 
 Formats (chosen by the file ending, see :data:`SUPPORTED_ENDINGS`): NIfTI (.nii.gz, .nii), NRRD, MHA
 (2D or 3D) and the 2D natural-image formats PNG, TIFF and BMP (grey or RGB).
@@ -25,6 +27,7 @@ import gzip
 import logging
 import os
 import re
+import shutil
 import struct
 import zlib
 from dataclasses import dataclass
@@ -365,6 +368,47 @@ def _new_file_mode() -> int:
     return 0o666 & ~mask
 
 
+#: formats whose header stores the spacing as written (PNG, TIFF and BMP round it to their units)
+_EXACT_SPACING_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def _short_write(path: Path, reason: str) -> AutosegError:
+    try:
+        free = f"; {shutil.disk_usage(path.parent).free / 1024**2:.0f} MiB are free there"
+    except OSError:
+        free = ""
+    return AutosegError(f"{path}: could not be written completely ({reason}){free}; the disk may be full: free "
+                        f"space or write elsewhere (an earlier file of that name, if any, was kept)")
+
+
+def _verify_written(tmp: Path, path: Path, img: sitk.Image, ending: str) -> None:
+    """Read back what SimpleITK wrote to ``tmp`` before it replaces ``path``: its NIfTI writer does not
+    raise when the disk is full, it prints an error and leaves an empty or cut-off file.
+
+    Checks: not empty, complete (NIfTI: the gzip stream and the voxel bytes the header announces;
+    BMP: the size it declares), a readable header with the written size and (where the format keeps
+    it exactly) spacing. Raises AutosegError naming ``path``."""
+    size_bytes = tmp.stat().st_size
+    if size_bytes == 0:
+        raise _short_write(path, "the file written is empty (0 bytes)")
+    try:
+        _check_complete(tmp)
+    except AutosegError:
+        raise _short_write(path, f"the file written is cut off after {size_bytes} bytes") from None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(tmp))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise _short_write(path, f"its header cannot be read back: {_short_reason(e)}") from None
+    got_size, want_size = tuple(reader.GetSize()), tuple(img.GetSize())
+    got_spacing, want_spacing = tuple(reader.GetSpacing()), tuple(img.GetSpacing())
+    if got_size != want_size or (ending in _EXACT_SPACING_ENDINGS
+                                 and not np.allclose(got_spacing, want_spacing, rtol=1e-4, atol=1e-6)):
+        raise _short_write(path, f"it reads back as size {got_size}, spacing {got_spacing}; written were size "
+                                 f"{want_size}, spacing {want_spacing}")
+
+
 def _write_sitk(img: sitk.Image, path: Path, ending: str) -> None:
     def _w(tmp: str) -> None:
         try:
@@ -372,6 +416,7 @@ def _write_sitk(img: sitk.Image, path: Path, ending: str) -> None:
         except RuntimeError as e:
             raise AutosegError(f"{path}: could not be written ({_short_reason(e)}); check that the "
                                f"folder is writable and the disk is not full") from None
+        _verify_written(Path(tmp), path, img, ending)
         os.chmod(tmp, _new_file_mode())
 
     # the temporary name keeps the real ending last: SimpleITK picks the writer from it

@@ -55,12 +55,23 @@ def case_id_and_files(paths: Sequence[str | Path] | CaseFiles | str | Path,
     return probabilities_path(out_path).name[:-4], files
 
 
+def nonfinite_voxels(array: np.ndarray) -> str | None:
+    """None when every value of ``array`` is finite, else what is not, e.g. '12 NaN voxels' or
+    '12 NaN and 3 infinite voxels' (z-score normalisation would turn the whole image into NaN)."""
+    if np.isfinite(array).all():
+        return None
+    n_nan = int(np.count_nonzero(np.isnan(array)))
+    n_inf = int(np.count_nonzero(np.isinf(array)))
+    parts = ([f"{n_nan} NaN"] if n_nan else []) + ([f"{n_inf} infinite"] if n_inf else [])
+    return f"{' and '.join(parts)} voxel{'s' if n_nan + n_inf != 1 else ''}"
+
+
 def read_case_image(case_id: str, files: Sequence[str], num_channels: int,
                     channel_names: Sequence[str]) -> tuple[np.ndarray, Geometry]:
     """Read the channel files -> ``(C, Z, Y, X)`` float32 and the first file's geometry.
 
-    Raises AutosegError naming the case and files when none is given, a file cannot be read, the
-    grids differ, or the channel count is not ``num_channels``.
+    Raises AutosegError naming the case and files when none is given, a file cannot be read or has
+    NaN/infinite voxels, the grids differ, or the channel count is not ``num_channels``.
     """
     from ..data.image_io import read_image
 
@@ -69,6 +80,10 @@ def read_case_image(case_id: str, files: Sequence[str], num_channels: int,
     arrays, geometry = [], None
     for path in files:
         arr, geom = read_image(path)
+        bad = nonfinite_voxels(arr)
+        if bad:
+            raise AutosegError(f"case {case_id}: {path} has {bad}; fix or remove them (e.g. replace them by "
+                               f"the background intensity): the image cannot be normalised with them")
         if arrays and arr.shape[1:] != arrays[0].shape[1:]:
             raise AutosegError(f"case {case_id}: {path} has shape (Z, Y, X) {arr.shape[1:]} but {files[0]} "
                                f"has {arrays[0].shape[1:]}; every channel must be on the same grid")

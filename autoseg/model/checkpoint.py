@@ -8,6 +8,12 @@ A checkpoint is a dict of tensors and plain Python data only::
      "rng": {"torch": ByteTensor, "cuda": [ByteTensor, ...], "numpy": {...}, "python": {...}}}
 
 so that it loads with ``torch.load(..., weights_only=True)``: a checkpoint can never run code.
+
+Before use a checkpoint is verified (:func:`load_checkpoint`): the zip archive's CRCs (torch does not
+check them, so damaged tensor bytes would load without complaint), the expected keys, finite weights
+and, given the network, its parameter names and shapes. A file that fails raises
+:class:`CheckpointError`; training moves such a file aside (:func:`load_resume_checkpoint` with
+``set_aside_bad``) and resumes from the previous good checkpoint or starts over.
 """
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ import logging
 import os
 import pickle
 import random
+import zipfile
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -22,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, move_aside
 from ..errors import AutosegError
 
 logger = logging.getLogger(__name__)
@@ -32,6 +40,22 @@ FORMAT_VERSION = 1
 # resume order: a finished run first, then the periodic one (best is never resumed from: its
 # optimizer/schedule state is older than the latest one's)
 RESUME_ORDER = ("final", "latest")
+
+
+class CheckpointError(AutosegError):
+    """A checkpoint file that exists but cannot be used: truncated, damaged (CRC), not an autoseg
+    checkpoint, holding non-finite weights or the weights of another network. ``path`` and ``reason``
+    (what is wrong, without the advice) are kept so that callers can say what to do in their context."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, advice: str | None = None):
+        self.path, self.reason = Path(path), reason
+        self.advice = advice if advice is not None else (
+            "delete it, or run `autoseg train` again: it moves the file aside and resumes from the "
+            "previous checkpoint or starts over")
+        super().__init__(f"checkpoint {self.path} {reason}; {self.advice}")
+
+    def __reduce__(self):  # picklable, so a training child process can raise it
+        return (CheckpointError, (str(self.path), self.reason, self.advice))
 
 
 def checkpoint_path(fold_dir: str | os.PathLike, which: str) -> Path:
@@ -148,35 +172,91 @@ def _unpickle_reason(e: Exception) -> str:
     return type(e).__name__
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``torch.load(weights_only=True)`` (never runs code from the file).
+def _check_archive(path: Path) -> None:
+    """Every entry of the zip archive torch.save writes must pass its CRC check (torch.load does not
+    check: flipped bytes in a tensor would load as wrong weights)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except zipfile.BadZipFile as e:
+        raise CheckpointError(path, f"is corrupt or truncated (not a complete zip archive: {e})") from None
+    except (OSError, EOFError, zlib.error, ValueError) as e:
+        raise CheckpointError(path, f"is corrupt or truncated ({type(e).__name__}: {e})") from None
+    if bad is not None:
+        raise CheckpointError(path, f"is damaged: its entry {bad} fails the zip CRC check (the bytes on disk "
+                                    f"changed after it was written)")
 
-    Raises AutosegError naming the file when it is missing, truncated/corrupt, holds objects other
-    than tensors and plain data, or is not an autoseg checkpoint.
+
+def _check_contents(path: Path, ckpt: Any) -> None:
+    """The keys every autoseg checkpoint has, tensors in its model state, and finite weights."""
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(path, f"is not an autoseg checkpoint (expected a dict with format={FORMAT!r})",
+                              "delete it or move it out of the fold folder")
+    if int(ckpt.get("format_version", 0)) > FORMAT_VERSION:
+        raise AutosegError(f"checkpoint {path} has format version {ckpt.get('format_version')}, this autoseg "
+                           f"reads up to {FORMAT_VERSION}; upgrade autoseg")
+    missing = [k for k in ("model", "state") if not isinstance(ckpt.get(k), dict)]
+    if missing:
+        raise CheckpointError(path, f"lacks {', '.join(repr(k) for k in missing)} (expected the keys "
+                                    f"format, format_version, model, optimizer, scheduler, scaler, state, rng)")
+    not_tensors = [k for k, v in ckpt["model"].items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(path, f"has model entries that are not tensors ({', '.join(not_tensors[:3])})")
+    nonfinite = [k for k, v in ckpt["model"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        more = f" and {len(nonfinite) - 3} more" if len(nonfinite) > 3 else ""
+        raise CheckpointError(path, f"has NaN or infinite weights in {', '.join(nonfinite[:3])}{more} (the "
+                                    f"training diverged or the file is damaged)")
+
+
+def check_fits_network(path: str | os.PathLike, ckpt: dict[str, Any], network: torch.nn.Module) -> None:
+    """Raise CheckpointError unless ``ckpt["model"]`` has exactly ``network``'s parameter names and shapes."""
+    expected = {k: tuple(v.shape) for k, v in _unwrap(network).state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in ckpt["model"].items()}
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    reshaped = [k for k in expected if k in saved and saved[k] != expected[k]]
+    if not (missing or unexpected or reshaped):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} parameter(s) of the network missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if reshaped:
+        k = reshaped[0]
+        parts.append(f"{len(reshaped)} of another shape (e.g. {k}: saved {saved[k]}, network {expected[k]})")
+    raise CheckpointError(path, f"holds the weights of another network ({'; '.join(parts)})")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                    network: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Load and verify a checkpoint with ``torch.load(weights_only=True)`` (never runs code from the file).
+
+    Verified: the zip CRCs, the format and its version, the ``model`` and ``state`` entries, finite
+    weights, and with ``network`` its parameter names and shapes (:func:`check_fits_network`).
+    Raises AutosegError when the file is missing or of a newer format, :class:`CheckpointError`
+    (an AutosegError naming the file) when it is truncated, damaged, holds objects other than
+    tensors and plain data, is not an autoseg checkpoint or does not fit ``network``.
     """
     path = Path(path)
     if not path.is_file():
         raise AutosegError(f"checkpoint {path} does not exist; train first (`autoseg train`) or check the path")
+    _check_archive(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise AutosegError(
-            f"checkpoint {path} contains objects other than tensors and plain data and was refused "
-            f"(autoseg loads checkpoints with weights_only=True; {_unpickle_reason(e)}). "
-            f"If you did not write this file, "
-            f"do not trust it; delete it and training will resume from an older checkpoint or start over"
-        ) from None
+        raise CheckpointError(
+            path, f"contains objects other than tensors and plain data and was refused (autoseg loads "
+                  f"checkpoints with weights_only=True; {_unpickle_reason(e)})",
+            "if you did not write this file, do not trust it; delete it and training will resume from an "
+            "older checkpoint or start over") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
-        raise AutosegError(
-            f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            f"delete it and run again: training resumes from the previous checkpoint or starts over"
-        ) from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise AutosegError(f"{path} is not an autoseg checkpoint (expected a dict with format={FORMAT!r}); "
-                           f"delete or move it out of the fold folder")
-    if int(ckpt.get("format_version", 0)) > FORMAT_VERSION:
-        raise AutosegError(f"checkpoint {path} has format version {ckpt.get('format_version')}, this autoseg "
-                           f"reads up to {FORMAT_VERSION}; upgrade autoseg")
+        raise CheckpointError(path, f"is corrupt or truncated ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    _check_contents(path, ckpt)
+    if network is not None:
+        check_fits_network(path, ckpt, network)
     return ckpt
 
 
@@ -196,17 +276,31 @@ def restore_checkpoint(ckpt: dict[str, Any], *, model: torch.nn.Module,
     return dict(ckpt.get("state") or {})
 
 
-def load_resume_checkpoint(fold_dir: str | os.PathLike, map_location: Any = "cpu") -> tuple[Path, dict] | None:
+def load_resume_checkpoint(fold_dir: str | os.PathLike, map_location: Any = "cpu", *,
+                           network: torch.nn.Module | None = None, set_aside_bad: bool = False,
+                           stamp: str | None = None) -> tuple[Path, dict] | None:
     """(path, contents) of the checkpoint to resume from: ``checkpoint_final.pt``, else
-    ``checkpoint_latest.pt``. Only files that load count; a broken one is skipped with a warning saying
-    why. None when there is nothing to resume. Each file is read once."""
+    ``checkpoint_latest.pt``. Only files that pass :func:`load_checkpoint` (with ``network``: that fit
+    it) count; a bad one is skipped with a warning saying why, and with ``set_aside_bad`` renamed to
+    ``<name>.corrupt-<stamp>`` so that it is never used again. None when there is nothing to resume.
+    Each file is read once."""
     for which in RESUME_ORDER:
         p = checkpoint_path(fold_dir, which)
         if not p.is_file():
             continue
         try:
-            return p, load_checkpoint(p, map_location=map_location)
-        except AutosegError as e:
+            return p, load_checkpoint(p, map_location=map_location, network=network)
+        except CheckpointError as e:
+            if set_aside_bad:
+                moved = move_aside(p, "corrupt", stamp)
+                logger.warning("%s is unusable and was moved aside to %s (%s); resuming from the previous "
+                               "checkpoint if there is a good one, else training starts over", p, moved.name,
+                               e.reason)
+            else:
+                logger.warning("not resuming from %s: %s", p, e)
+        except AutosegError as e:  # a newer format: not damaged, not ours to move or to overwrite
+            if set_aside_bad:
+                raise
             logger.warning("not resuming from %s: %s", p, e)
     return None
 

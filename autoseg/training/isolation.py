@@ -279,9 +279,13 @@ def run_training_guarded(trainer, *, isolate: bool | None = None):
     the child dies by a signal while training in bf16, a warning is logged and the training runs
     again in fp32: ``checkpoint_latest.pt`` (if any) is set to fp32 so that the run resumes from it
     in fp32, and stays in fp32 when the command is run again. A death by a signal in fp32 raises an
-    AutosegError naming the signal and the fold. Returns the TrainState.
+    AutosegError naming the signal and the fold. The final checkpoint is verified before its weights
+    are taken (:func:`~autoseg.model.checkpoint.load_checkpoint` with the network): an unusable one is
+    moved aside (``checkpoint_final.pt.corrupt-<stamp>``) and the fold trained again, once. Returns
+    the TrainState.
     """
-    from ..model.checkpoint import get_rng_states, load_checkpoint, restore_checkpoint
+    from ..atomic import move_aside
+    from ..model.checkpoint import CheckpointError, load_checkpoint, restore_checkpoint
 
     if isolate is None:
         isolate = needs_isolation(trainer.settings)
@@ -289,11 +293,37 @@ def run_training_guarded(trainer, *, isolate: bool | None = None):
         return trainer.fit()
     wd, name, fold = trainer.wd, trainer.config.name, trainer.settings.fold
     where = f"{name} fold {fold}"
+    final = wd.checkpoint(name, fold, "final")
+    for attempt in (1, 2):
+        outcome = _fit_in_child(trainer, where)
+        trainer.state = outcome
+        try:  # the child's final weights, verified: an unusable file is moved aside and the fold trained again once
+            ckpt = load_checkpoint(final, map_location=trainer.device, network=trainer.network)
+        except CheckpointError as e:
+            moved = move_aside(final, "corrupt")
+            if attempt == 2:
+                raise AutosegError(f"training {where} finished twice, but each time its {final.name} could not be "
+                                   f"used ({e.reason}; moved aside to {moved.name}). Check the disk (full or "
+                                   f"failing?) and run the same command again.") from None
+            log.warning("training %s finished, but %s is unusable (%s); it was moved aside to %s and the fold "
+                        "is trained again", where, final, e.reason, moved.name)
+            continue
+        restore_checkpoint(ckpt, model=trainer.network, rng=False)
+        return outcome
+    raise AssertionError("unreachable")
+
+
+def _fit_in_child(trainer, where: str):
+    """``trainer.fit()`` in a child process; after a death by a signal in bf16, again in fp32 (see
+    :func:`run_training_guarded`). Returns the child's TrainState."""
+    from ..model.checkpoint import get_rng_states
+
+    wd, name, fold = trainer.wd, trainer.config.name, trainer.settings.fold
     forced = False
     while True:
         outcome = run_in_child(_fit, trainer, get_rng_states())
         if not isinstance(outcome, ChildCrashed):
-            break
+            return outcome
         precision = "fp32" if forced else _precision_of_crashed_run(trainer, outcome)
         if outcome.signal is None:
             raise AutosegError(f"training {where} stopped: its process {outcome.describe()} (precision "
@@ -310,10 +340,6 @@ def run_training_guarded(trainer, *, isolate: bool | None = None):
         _force_fp32_checkpoint(wd.checkpoint(name, fold, "latest"))
         trainer.settings = replace(trainer.settings, precision="fp32")
         forced = True
-    trainer.state = outcome
-    final = wd.checkpoint(name, fold, "final")
-    restore_checkpoint(load_checkpoint(final, map_location=trainer.device), model=trainer.network, rng=False)
-    return outcome
 
 
 def _precision_of_crashed_run(trainer, outcome: ChildCrashed) -> str:

@@ -4,7 +4,9 @@ One Trainer trains one configuration on one fold. :meth:`Trainer.fit` is the who
 and the learning rate come from the control hook (``training/budget_control.py``: a time budget or a
 number of epochs), progress, records and checkpoints from ``training/hooks.py``. Re-running the same
 command resumes from the latest checkpoint (written at every epoch end and at least every
-``checkpoint_every_s`` seconds).
+``checkpoint_every_s`` seconds). Checkpoints are verified before a resume; a bad one is moved aside
+(``<name>.corrupt-<stamp>``) and the previous good one used, else training starts over with a fresh
+training_log.jsonl (the old one and progress.png moved aside as ``<name>.old-<stamp>``).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import aside_stamp, move_aside
 from ..schemas import ConfigurationPlan, TrainingSettings
 from ..workdir import Workdir
 from .augmentation import deep_supervision_scales
@@ -108,11 +111,15 @@ class Trainer:
     # ------------------------------------------------------------------ main loop
     def fit(self) -> TrainState:
         """Train (or resume) until the control stops it; writes checkpoint_final.pt."""
-        if self._resume():  # lines written after the checkpoint are dropped: the checkpoint is the truth
+        stamp = aside_stamp()
+        resumed = self._resume(stamp)  # a bad checkpoint is moved aside: the previous good one, or none
+        if resumed is None:
+            self._set_aside_old_records(stamp)  # starting over: a new log, not epochs 1, 1, 2, ...
+        else:  # lines written after the checkpoint are dropped: the checkpoint is the truth
             rewrite_log(self.wd.training_log_jsonl(self.config.name, self.settings.fold), self.state.log)
-        if self.wd.checkpoint(self.config.name, self.settings.fold, "final").exists():
-            log.info("training already finished (checkpoint_final.pt exists)")
-            return self.state
+            if resumed.name == self.wd.checkpoint(self.config.name, self.settings.fold, "final").name:
+                log.info("training already finished (%s loaded)", resumed.name)
+                return self.state
         train_it, val_it = self._iterators()
         try:
             if self.state.precision is None:
@@ -249,10 +256,13 @@ class Trainer:
                         model=self.network, optimizer=self.optimizer, scheduler=self.scheduler,
                         scaler=self.scaler, state=json.loads(json.dumps(state)))
 
-    def _resume(self) -> bool:
-        found = load_resume_checkpoint(self.fold_dir, map_location=self.device)
+    def _resume(self, stamp: str | None = None) -> Path | None:
+        """Load the checkpoint to resume from (final, else latest; verified against this network, a bad
+        one moved aside as ``<name>.corrupt-<stamp>``); its path, or None when training starts over."""
+        found = load_resume_checkpoint(self.fold_dir, map_location=self.device, network=self.network,
+                                       set_aside_bad=True, stamp=stamp)
         if found is None:
-            return False
+            return None
         path, ckpt = found
         self.network.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -271,7 +281,17 @@ class Trainer:
         restore_rng_states(ckpt)
         log.info("resumed from %s at epoch %d (+%d iterations), %.0f s spent", path.name, self.state.epoch,
                  self.state.iteration_in_epoch, self.state.elapsed_s)
-        return True
+        return path
+
+    def _set_aside_old_records(self, stamp: str) -> None:
+        """Training starts from scratch: an earlier run's training_log.jsonl and progress.png (whose
+        checkpoints are gone or were moved aside) are renamed ``<name>.old-<stamp>``."""
+        name, fold = self.config.name, self.settings.fold
+        for path in (self.wd.training_log_jsonl(name, fold), self.wd.progress_png(name, fold)):
+            if path.exists():
+                moved = move_aside(path, "old", stamp)
+                log.warning("%s fold %s starts from scratch: the earlier run's %s was moved aside to %s",
+                            name, fold, path.name, moved.name)
 
     def _resolve_precision(self, train_it) -> str:
         """"auto": the faster of fp32 and bf16 on this network, timed in child processes; a candidate
