@@ -62,7 +62,9 @@ def test_kill_and_resume_continues_from_checkpoint(planned: Path, capsys) -> Non
     assert latest.exists() and not wd.checkpoint("3d_fullres", 0, "final").exists()
     ckpt = load_checkpoint(latest)
     epoch_at_kill = ckpt["state"]["epoch"]
-    assert 3 <= epoch_at_kill < EPOCHS
+    # the epoch's log line is written just before its checkpoint: a kill in between leaves the checkpoint one
+    # epoch behind the log (resume then rewrites the log from the checkpoint, below)
+    assert 2 <= epoch_at_kill < EPOCHS
     records_at_kill = ckpt["state"]["log"]
 
     # the trainer restores epoch counter, log and optimizer state (momentum buffers) from the checkpoint
