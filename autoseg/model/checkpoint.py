@@ -153,7 +153,11 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimize
         "state": state,
         "rng": get_rng_states(),
     }
+    write_checkpoint(path, payload)
 
+
+def write_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """``torch.save`` of a checkpoint dict, atomically (temporary file, fsync, rename)."""
     def _write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             torch.save(payload, f)

@@ -362,10 +362,7 @@ def _precision_of_crashed_run(trainer, outcome: ChildCrashed) -> str:
 
 def _force_fp32_checkpoint(path: Path) -> None:
     """Set the precision recorded in a checkpoint to fp32 (atomically), so a resume from it trains in fp32."""
-    import torch
-
-    from ..atomic import atomic_write
-    from ..model.checkpoint import load_checkpoint
+    from ..model.checkpoint import load_checkpoint, write_checkpoint
 
     if not path.is_file():
         return
@@ -377,11 +374,4 @@ def _force_fp32_checkpoint(path: Path) -> None:
     if ckpt["state"].get("precision") in (None, "fp32"):
         return
     ckpt["state"]["precision"] = "fp32"
-
-    def _write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-
-    atomic_write(path, _write)
+    write_checkpoint(path, ckpt)
