@@ -191,8 +191,8 @@ def run(dataset: str | Path, workdir: str | Path, *, time_budget_s: float, predi
     for reason in choice.reasons:
         report(f"  - {reason}")
 
-    overrides = {"device": device, "num_workers": num_workers, **(training_overrides or {})}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides = {k: v for k, v in {"device": device, "num_workers": num_workers}.items() if v is not None}
+    overrides.update(training_overrides or {})  # as given: a None there replaces the run's share (tests)
     trainings = clock.run("train", lambda: _train(store, plans, choice, time_budget_s, clock, n_test, min_training_s,
                                                   overrides, progress, report, train_fold))
     best = clock.run("find-best", lambda: find_best(workdir, configurations=choice.configurations,
