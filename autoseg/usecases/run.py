@@ -186,6 +186,10 @@ def run(dataset: str | Path, workdir: str | Path, *, time_budget_s: float, predi
                               min_training_s=min_training_s)
     if abs(choice.per_training_s - provisional) > 0.1 * provisional:
         planned = clock.run("plan", lambda: plan(choice.per_training_s))
+        if not set(choice.configurations) <= set(planned.plans.configurations):
+            # the plan for the new share has other configurations (e.g. no 3d_lowres): choose among those
+            choice = choose_trainings(planned.plans, training_s, good_training_s=good_training_s,
+                                      min_training_s=min_training_s)
     plans = planned.plans
     report(f"budget {time_budget_s:.0f} s: {len(choice.trainings)} training(s) of ~{choice.per_training_s:.0f} s")
     for reason in choice.reasons:
