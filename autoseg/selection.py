@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import AutosegError
-from .schemas import SCHEMA_VERSION, Candidate, Selection, Splits, save_json
+from .schemas import SCHEMA_VERSION, Candidate, FoldSummary, Selection, Splits, save_json
 from .store import RunStore, freshness, plans_hash, validation_hash
 from .workdir import Workdir
 
@@ -52,11 +52,10 @@ def _missing_folds(wd: Workdir, configuration: str, splits: Splits, folds: Seque
     return missing, probs
 
 
-def _seconds_per_case(wd: Workdir, configuration: str, folds: Sequence[int]) -> float:
-    """Mean measured validation seconds per case over the folds (NaN when none was measured)."""
+def _seconds_per_case(configuration: str, summaries: Sequence[FoldSummary | None]) -> float:
+    """Mean measured validation seconds per case over the folds' summaries (NaN when none was measured)."""
     values: list[float] = []
-    for f in folds:
-        summary = RunStore(wd).fold_summary(configuration, f)
+    for summary in summaries:
         if summary is None:
             continue
         if summary.seconds_per_case:
@@ -245,7 +244,8 @@ def find_best(workdir: str | Path, *, configurations: list[str] | None = None, f
     store.refuse_stale_folds(plans, used, purpose="by find-best", alternative=(
         f"or leave them out: `autoseg find-best --workdir {wd.root} -c {others}`" if others else ""))
     phash = plans_hash(plans)
-    vhash = validation_hash(store.fold_summary(c, f) for c, f in used)
+    summaries = {(c, f): store.fold_summary(c, f) for c, f in used}  # read once: the hash and the timings
+    vhash = validation_hash(summaries.values())
     if not overwrite:
         old = _current_selection(store, _selection_inputs(phash, folds, complete, vhash))
         if old is not None:
@@ -269,7 +269,7 @@ def find_best(workdir: str | Path, *, configurations: list[str] | None = None, f
     workers = max(1, int(num_workers or 1))
     summaries = _score_candidates(wd, complete, ensembles, fold_of_case, references, manifest.file_ending,
                                   fg, progress, workers)
-    seconds = {c: _seconds_per_case(wd, c, folds) for c in complete}
+    seconds = {c: _seconds_per_case(c, [summaries[c, f] for f in folds]) for c in complete}
     candidates = []
     for members, s in summaries.items():
         candidates.append(Candidate(

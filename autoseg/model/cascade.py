@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..preprocessing.preprocess import segmentation_to_preprocessed_grid
 from ..schemas import CaseProperties, ConfigurationPlan
 
 
@@ -49,11 +50,5 @@ def next_stage_segmentation(seg: np.ndarray, properties: CaseProperties, next_co
     ``next_config``'s preprocessed grid described by ``properties`` (crop box, resampled shape,
     spacings): what ``predicted_next_stage/<case>_seg.npy`` holds, and what prediction feeds the
     cascade for a new image (:mod:`autoseg.inference.cascade_predict`)."""
-    out = _to_grid(seg, properties, next_config)
+    out = segmentation_to_preprocessed_grid(seg, properties, next_config)
     return out.astype(np.int8 if int(out.max(initial=0)) <= 127 else np.int16)
-
-
-def _to_grid(seg, properties, config):
-    from ..preprocessing.preprocess import segmentation_to_preprocessed_grid
-
-    return segmentation_to_preprocessed_grid(seg, properties, config)
