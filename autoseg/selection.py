@@ -244,8 +244,8 @@ def find_best(workdir: str | Path, *, configurations: list[str] | None = None, f
     store.refuse_stale_folds(plans, used, purpose="by find-best", alternative=(
         f"or leave them out: `autoseg find-best --workdir {wd.root} -c {others}`" if others else ""))
     phash = plans_hash(plans)
-    summaries = {(c, f): store.fold_summary(c, f) for c, f in used}  # read once: the hash and the timings
-    vhash = validation_hash(summaries.values())
+    fold_summaries = {(c, f): store.fold_summary(c, f) for c, f in used}  # read once: the hash and the timings
+    vhash = validation_hash(fold_summaries.values())
     if not overwrite:
         old = _current_selection(store, _selection_inputs(phash, folds, complete, vhash))
         if old is not None:
@@ -269,7 +269,7 @@ def find_best(workdir: str | Path, *, configurations: list[str] | None = None, f
     workers = max(1, int(num_workers or 1))
     summaries = _score_candidates(wd, complete, ensembles, fold_of_case, references, manifest.file_ending,
                                   fg, progress, workers)
-    seconds = {c: _seconds_per_case(c, [summaries[c, f] for f in folds]) for c in complete}
+    seconds = {c: _seconds_per_case(c, [fold_summaries[c, f] for f in folds]) for c in complete}
     candidates = []
     for members, s in summaries.items():
         candidates.append(Candidate(
