@@ -53,6 +53,10 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cpu-gflops", type=float, default=None, metavar="N",
                    help="plan for a CPU that trains U-Nets at N GFLOP/s instead of measuring this one "
                         "(a few seconds); e.g. to plan on one machine for another")
+    p.add_argument("--remeasure-cpu", action="store_true",
+                   help="measure this CPU's training speed again instead of reusing the figure remembered for "
+                        "it (~/.cache/autoseg/cpu_speed.json; $AUTOSEG_CACHE_DIR moves it): plans then change "
+                        "only when the measurement does")
     p.add_argument("--splits", default=None, metavar="FILE",
                    help="your own splits file (nnU-Net splits_final.json or autoseg splits.json)")
     p.add_argument("--overwrite", action="store_true", help="redo every step even if its output is current")
@@ -75,7 +79,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     result = plan_dataset(args.dataset, args.workdir, planner=args.planner, device=args.device,
                          gpu_memory_gb=args.gpu_memory_gb, time_budget_s=args.time_budget,
                          splits_file=args.splits, num_workers=args.num_workers, cpu_gflops=args.cpu_gflops,
-                         progress=not args.no_progress, overwrite=args.overwrite)
+                         progress=not args.no_progress, overwrite=args.overwrite,
+                         remeasure_cpu=args.remeasure_cpu)
     plans = result.plans
     if args.explain:
         print("\n".join(result.explained))

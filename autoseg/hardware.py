@@ -32,6 +32,7 @@ class CpuSpeed:
     conv_gflops: float | None = None  # one fp32 3D convolution, forward + backward
     unet_gflops: dict[str, float] = field(default_factory=dict)  # {"2d": GFLOP/s, "3d": GFLOP/s}, best precision
     unet_precision: dict[str, str] = field(default_factory=dict)  # {"2d": "fp32"|"bf16", ...}
+    source: str = ""  # where the figure comes from (measured now, or remembered for this CPU class)
 KNOWN_DEVICES = ("cpu", "cuda")
 # A cgroup memory limit at or above this is "no limit" (cgroup v1 reports ~2**63 when unlimited).
 _NO_LIMIT_BYTES = 2**60
@@ -147,6 +148,17 @@ def available_ram_gb(cgroup_root: Path = _CGROUP_ROOT) -> float:
     return ram_gb(cgroup_root)[1]
 
 
+def cpu_model_name(cpuinfo: Path = _CPUINFO) -> str:
+    """The CPU's model name from /proc/cpuinfo (else platform.processor()), or "unknown"."""
+    text = _read_text(cpuinfo) or ""
+    for line in text.splitlines():
+        if line.lower().startswith(("model name", "hardware", "cpu model")):
+            return line.split(":", 1)[-1].strip() or "unknown"
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def cpu_has_bf16(cpuinfo: Path = _CPUINFO) -> bool:
     """True when /proc/cpuinfo lists native bf16 (``avx512_bf16`` or ``amx_bf16``); False if unknown."""
     text = _read_text(cpuinfo)
@@ -257,7 +269,8 @@ def detect_hardware(*, device: str | None = None, gpu_memory_gb: float | None = 
         cpu_cores=cores, ram_total_gb=round(ram_total, 3), ram_available_gb=round(ram_available, 3),
         cpu_bf16=cpu_has_bf16(),
         cpu_conv_gflops=gflops, cpu_unet_gflops=unet_rates, cpu_unet_precision=unet_precisions,
-        overrides=overrides,
+        cpu_speed_source=cpu_speed.source if (resolved == "cpu" and cpu_speed is not None and cpu_gflops is None)
+        else "", overrides=overrides,
     )
     logger.debug("detected hardware: %s", budget)
     return budget

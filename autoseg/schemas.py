@@ -32,6 +32,7 @@ DUMMY_2D_SPACING_MM = 999.0
 ConfigurationName = Literal["2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 DeviceKind = Literal["cpu", "cuda"]
+Optimizer = Literal["sgd", "adamw"]
 
 
 class Configuration(str, enum.Enum):
@@ -244,7 +245,8 @@ class DatasetManifest:
     cases: tuple[CaseFiles, ...]
     test_cases: tuple[CaseFiles, ...] = ()
     ndim: int = 3  # 2 when every image file is 2D
-    dataset_hash: str = ""  # hash of dataset.json and every file's name, size and mtime
+    dataset_hash: str = ""  # hash of dataset.json and every file's name and content (never timestamps)
+    file_digests: dict[str, str] = field(default_factory=dict)  # absolute path -> content digest
 
     @property
     def num_channels(self) -> int:
@@ -333,6 +335,7 @@ class HardwareBudget:
     # analytic conv GFLOP of a step / best step time, at the faster of fp32 and bf16 (overheads included)
     cpu_unet_gflops: dict[str, float] = field(default_factory=dict)
     cpu_unet_precision: dict[str, str] = field(default_factory=dict)  # the precision that was faster
+    cpu_speed_source: str = ""  # where cpu_unet_gflops comes from (measured now / remembered for this CPU class)
     overrides: dict[str, str] = field(default_factory=dict)  # flag -> value given by the user
 
 
@@ -524,6 +527,7 @@ class TrainingSettings:
     configuration_hash: str = ""  # autoseg.store.configuration_hash of the plan trained with (changed: stale)
     lr_shape: str = "poly"  # registered decay shape (training/schedule.py): "poly" (exponent poly_exponent), "linear"
     warmup_fraction: float = 0.0  # linear lr warm-up over this fraction of the training (time or iterations)
+    optimizer: Optimizer = "sgd"  # "sgd" (Nesterov, momentum) or "adamw" (betas (momentum, 0.999))
 
     _migrate = staticmethod(lambda data: _renamed(data, plans_hash="configuration_hash"))
 

@@ -39,6 +39,12 @@ class Workdir:
         return self.root / "dataset_manifest.json"
 
     @property
+    def file_digests_json(self) -> Path:
+        """Content digests of the dataset's files by size and mtime (autoseg.data.file_digests): freshness
+        is judged on bytes, and unchanged files are not read twice."""
+        return self.root / "file_digests.json"
+
+    @property
     def fingerprint_json(self) -> Path:
         return self.root / "fingerprint.json"
 

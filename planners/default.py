@@ -72,16 +72,15 @@ class DefaultPlanner(Planner):
                 raise AutosegError(f"the hardware budget says device 'cuda' but gives no GPU memory "
                                    f"(gpu_total_memory_gb={budget.gpu_total_memory_gb}); pass --gpu-memory-gb GB "
                                    f"to `autoseg plan`")
+            # The GPU's total memory, not its momentary free memory: the plan depends on the hardware class
+            # only (another process holding memory now must not change the plan; training checks what is free).
             total = float(budget.gpu_total_memory_gb)
-            free = budget.gpu_free_memory_gb
-            usable = min(total, float(free)) if free is not None and free > 0 else total
-            target = usable * GPU_MEMORY_HEADROOM
+            target = total * GPU_MEMORY_HEADROOM
             name = f" ({budget.gpu_name})" if budget.gpu_name else ""
             why = Decision("device", "cuda", "gpu_memory_budget",
-                           f"planning for a CUDA GPU{name}: {usable:.1f} GB usable (total {total:.1f} GB, free "
-                           f"{'unknown' if free is None else f'{free:.1f} GB'}) x {GPU_MEMORY_HEADROOM:.0%} "
-                           f"headroom = {target:.1f} GB for training.",
-                           {"gpu_total_memory_gb": total, "gpu_free_memory_gb": free, "headroom": GPU_MEMORY_HEADROOM})
+                           f"planning for a CUDA GPU{name}: {total:.1f} GB x {GPU_MEMORY_HEADROOM:.0%} headroom = "
+                           f"{target:.1f} GB for training (the total memory, not what happens to be free now).",
+                           {"gpu_total_memory_gb": total, "headroom": GPU_MEMORY_HEADROOM})
             return self.size_for_gpu(request, target, why, round_batch_up=False)
         if budget.device == "cpu":
             return self.size_for_cpu(request, fingerprint, budget)
@@ -150,10 +149,12 @@ class DefaultPlanner(Planner):
         dims, cap = req.dims, CPU_MAX_FEATURES[req.dims]
         seconds = req.time_budget_s or self.default_cpu_time_budget_s
         gflops, overhead, source = _cpu_throughput(budget, dims)
-        ram_limit = float(budget.ram_available_gb) * RAM_HEADROOM
+        # The machine's RAM, not the momentary free RAM: a plan depends on the hardware class only, so the
+        # same data planned twice on one machine gives the same plan (issue 16, item 8).
+        ram_limit = float(budget.ram_total_gb) * RAM_HEADROOM
         decisions = [Decision(
             "device", "cpu", "cpu_compute_budget",
-            f"planning for the CPU ({budget.cpu_cores} cores, {budget.ram_available_gb:.1f} GB RAM available): patch "
+            f"planning for the CPU ({budget.cpu_cores} cores, {budget.ram_total_gb:.1f} GB RAM): patch "
             f"and batch are sized so that {TARGET_ITERATIONS_CPU} iterations fit in "
             f"{seconds:.0f} s per training"
             + ("" if req.time_budget_s else f" (no time budget given: {seconds / 60:g} minutes assumed)")
@@ -202,7 +203,7 @@ class DefaultPlanner(Planner):
                             f"time with --time-budget or expect lower accuracy")
         if ram > ram_limit:
             warnings.append(f"{req.configuration}: the training RAM estimate {ram:.1f} GB exceeds {ram_limit:.1f} GB "
-                            f"({RAM_HEADROOM:.0%} of the {budget.ram_available_gb:.1f} GB available) even at patch "
+                            f"({RAM_HEADROOM:.0%} of the machine's {budget.ram_total_gb:.1f} GB) even at patch "
                             f"{patch}; training may run out of memory: free RAM or use another machine")
         stop = ("reached the floor" if at_floor else
                 f"{sec:.2f} s/iteration x {TARGET_ITERATIONS_CPU} <= {seconds:.0f} s and RAM fits")
@@ -221,8 +222,8 @@ class DefaultPlanner(Planner):
         decisions.append(Decision(
             "estimated_memory_gb", round(ram, 3), "training_ram_estimate",
             f"estimated training RAM {ram:.2f} GB (fp32 activations x 3 for backward, weights and optimizer state, "
-            f"torch runtime) against {ram_limit:.1f} GB ({RAM_HEADROOM:.0%} of {budget.ram_available_gb:.1f} GB "
-            f"available).", {"ram_limit_gb": ram_limit}))
+            f"torch runtime) against {ram_limit:.1f} GB ({RAM_HEADROOM:.0%} of the machine's "
+            f"{budget.ram_total_gb:.1f} GB).", {"ram_limit_gb": ram_limit}))
         decisions.append(self._compute_decision(gflop, batch, sec, gflops))
         decisions.append(Decision(
             "training_iterations", iterations, "iterations_in_budget",

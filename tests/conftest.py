@@ -3,7 +3,9 @@ offer a ``synthetic_dataset`` factory fixture (see tests/synthetic.py for its ar
 ``lowres_run`` fixture (a work folder with a forced 3d_lowres + 3d_cascade_fullres plan)."""
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +16,10 @@ if str(REPO_ROOT) not in sys.path:  # plain `pytest` does not put the repository
     sys.path.insert(0, str(REPO_ROOT))
 
 from tests.synthetic import make_synthetic_dataset  # noqa: E402
+
+# Machine measurements a plan remembers (the CPU speed) go to a folder of this test session, never to the
+# user's ~/.cache/autoseg (subprocesses inherit it).
+os.environ["AUTOSEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="autoseg-test-cache-")
 
 
 @pytest.fixture

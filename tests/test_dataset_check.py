@@ -63,13 +63,38 @@ def test_valid_dataset_loads(ds: Path) -> None:
     assert sorted(p.relative_to(ds) for p in ds.rglob("*")) == before  # nothing written
 
 
-def test_dataset_hash_is_stable_and_tracks_changes(ds: Path) -> None:
+def test_dataset_hash_follows_the_bytes_not_the_timestamps(ds: Path) -> None:
     h1 = load_dataset(ds).dataset_hash
     assert load_dataset(ds, num_workers=2).dataset_hash == h1
     label = ds / "labelsTr/synth_000.nii.gz"
     st = label.stat()
-    os.utime(label, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    os.utime(label, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: same bytes
+    assert load_dataset(ds).dataset_hash == h1
+    other = ds / "labelsTr/synth_001.nii.gz"
+    label.write_bytes(other.read_bytes())  # other bytes (still a valid label map)
     assert load_dataset(ds).dataset_hash != h1
+
+
+def test_remembered_digests_are_reused_until_size_or_mtime_changes(ds: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoseg.data import file_digests
+    from autoseg.data.file_digests import FileDigests
+
+    cache = tmp_path / "digests.json"
+    digests = FileDigests(cache)
+    first = load_dataset(ds, digests=digests)
+    digests.save()
+    assert cache.is_file()
+    read: list[str] = []
+    real = file_digests.file_hash
+    monkeypatch.setattr(file_digests, "file_hash", lambda p: read.append(str(p)) or real(p))
+    assert load_dataset(ds, digests=FileDigests(cache)).dataset_hash == first.dataset_hash
+    assert read == []  # nothing read again
+    label = ds / "labelsTr/synth_000.nii.gz"
+    st = label.stat()
+    os.utime(label, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert load_dataset(ds, digests=FileDigests(cache)).dataset_hash == first.dataset_hash
+    assert read == [str(label)]  # only the touched file was read
 
 
 def test_parallel_and_progress_give_same_manifest(ds: Path) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -33,7 +34,8 @@ def gpu(gb: float) -> HardwareBudget:
 
 
 def cpu(gflops: float | None = 80.0, ram: float = 16.0) -> HardwareBudget:
-    return HardwareBudget("cpu", None, None, None, 2, 32.0, ram, False, gflops)
+    """A 2-core CPU machine with ``ram`` GB (the machine's RAM: what a plan is sized against)."""
+    return HardwareBudget("cpu", None, None, None, 2, ram, ram, False, gflops)
 
 
 def hippocampus(relative_size=1.0) -> Fingerprint:
@@ -185,11 +187,22 @@ def test_more_gpu_memory_never_gives_less_patch_times_batch(fp_name):
             assert cfg.network.features_per_stage[0] == 32
 
 
-def test_gpu_plan_uses_free_memory_when_smaller():
+def test_plans_depend_on_the_hardware_class_not_on_momentary_free_memory():
+    """Issue 16 item 8: free GPU memory and free RAM change from minute to minute; the plan must not."""
+    from autoseg.store import plans_hash
+
     fp = large_ct()
-    free_small = HardwareBudget("cuda", "Busy GPU", 24.0, 6.0, 8, 64.0, 48.0, False)
-    plans = get_planner("default").plan(fp, free_small)
-    assert all(cfg.estimated_memory_gb <= 6.0 * 0.9 + 1e-6 for cfg in plans.configurations.values())
+    idle = HardwareBudget("cuda", "GPU", 24.0, 23.5, 8, 64.0, 60.0, False)
+    busy = HardwareBudget("cuda", "GPU", 24.0, 6.0, 8, 64.0, 11.0, False)
+    assert plans_hash(get_planner("default").plan(fp, idle)) == plans_hash(get_planner("default").plan(fp, busy))
+    quiet_cpu, busy_cpu = cpu(), replace(cpu(), ram_available_gb=1.5)
+    assert (plans_hash(get_planner("default").plan(fp, quiet_cpu, time_budget_s=600))
+            == plans_hash(get_planner("default").plan(fp, busy_cpu, time_budget_s=600)))
+    # what the class is made of still counts: a smaller GPU gives a smaller plan
+    small = HardwareBudget("cuda", "GPU", 6.0, 6.0, 8, 64.0, 60.0, False)
+    small_plans = get_planner("default").plan(fp, small)
+    assert all(cfg.estimated_memory_gb <= 6.0 * 0.9 + 1e-6 for cfg in small_plans.configurations.values())
+    assert plans_hash(small_plans) != plans_hash(get_planner("default").plan(fp, idle))
 
 
 @pytest.mark.parametrize("fp_name", ["hippocampus", "large_ct", "anisotropic"])

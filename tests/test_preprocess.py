@@ -166,7 +166,10 @@ def test_preprocess_dataset_writes_then_skips_then_reprocesses_changed_cases(tin
     assert [p.stat().st_mtime_ns for p in jsons] == mtimes
 
     later = time.time() + 5
-    os.utime(manifest.cases[1].images[0], (later, later))  # "touch" one source file
+    os.utime(manifest.cases[1].images[0], (later, later))  # "touch" one source file: same bytes, kept
+    assert preprocess_dataset(manifest, plan, wd, num_workers=1, progress=False) == []
+    assert [p.stat().st_mtime_ns for p in jsons] == mtimes
+    Path(manifest.cases[1].images[0]).write_bytes(Path(manifest.cases[2].images[0]).read_bytes())  # new bytes
     assert preprocess_dataset(manifest, plan, wd, num_workers=1, progress=False) == ["case_001"]
     new = [p.stat().st_mtime_ns for p in jsons]
     assert new[0] == mtimes[0] and new[2] == mtimes[2] and new[1] != mtimes[1]

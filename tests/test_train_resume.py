@@ -187,3 +187,24 @@ def test_fp16_on_cpu_is_refused_before_training(planned: Path, capsys) -> None:
                  "--device", "cpu", "--epochs", "1"]) == 1
     assert "needs a CUDA device" in capsys.readouterr().err
     assert not Workdir(planned).checkpoint("2d", 3, "final").exists()
+
+
+def test_adamw_recipe_trains_and_resumes_with_its_own_optimizer(planned: Path) -> None:
+    """The optimizer is a training setting: AdamW (momentum = its first beta) trains, is recorded, and a
+    resumed run restores AdamW's state (not SGD's)."""
+    from autoseg.usecases.train import train_fold
+
+    wd = Workdir(planned)
+    overrides = {"optimizer": "adamw", "initial_lr": 2e-3, "momentum": 0.9, "weight_decay": 1e-2,
+                 "epochs": 1, "iterations_per_epoch": 2, "validation_iterations_per_epoch": 1,
+                 "precision": "fp32", "num_workers": 0, "lr_shape": "linear", "warmup_fraction": 0.25}
+    train_fold(planned, "3d_fullres", "0", overrides=overrides, progress=False, validate=False)
+    settings = load_json(TrainingSettings, wd.train_settings_json("3d_fullres", 0))
+    assert settings.optimizer == "adamw" and settings.lr_shape == "linear"
+    ckpt = load_checkpoint(wd.checkpoint("3d_fullres", 0, "final"))
+    group = ckpt["optimizer"]["param_groups"][0]
+    assert group["betas"] == (0.9, 0.999) or list(group["betas"]) == [0.9, 0.999]
+    assert "exp_avg_sq" in next(iter(ckpt["optimizer"]["state"].values()))  # Adam's second moment
+    with pytest.raises(Exception, match="optimizer"):
+        resolve_training_settings(load_plans(planned), load_plans(planned).configuration("3d_fullres"), "1",
+                                  {"optimizer": "adam"})

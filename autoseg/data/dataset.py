@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import AutosegError, DatasetError, suggest_closest
 from ..schemas import SCHEMA_VERSION, CaseFiles, DatasetManifest, Geometry, stable_hash
 from .dataset_json import parse_dataset_json
+from .file_digests import FileDigests
 from .image_io import read_image, read_image_info, read_label
 
 log = logging.getLogger(__name__)
@@ -259,20 +260,28 @@ def _run_checks(jobs: list[tuple], num_workers: int, progress: bool) -> list[_Ca
         return list(results)
 
 
-def _dataset_hash(root: Path, raw_json: object, rel_files: Iterable[str]) -> str:
-    entries = []
-    for rel in sorted(set(rel_files)):
-        st = (root / rel).stat()
-        entries.append([rel, st.st_size, st.st_mtime_ns])
+def _file_digests(root: Path, rel_files: Iterable[str], digests: FileDigests, num_workers: int) -> dict[str, str]:
+    """{absolute path: content digest} of every file (read again only when its size or mtime changed)."""
+    paths = [str(root / rel) for rel in sorted(set(rel_files))]
+    with ThreadPoolExecutor(max_workers=max(1, min(num_workers, len(paths) or 1))) as pool:
+        return dict(zip(paths, pool.map(digests.digest, paths)))
+
+
+def _dataset_hash(root: Path, raw_json: object, file_digests: dict[str, str]) -> str:
+    """dataset.json and every file's name and content: the same bytes give the same hash, whatever the
+    files' timestamps."""
+    entries = [[os.path.relpath(path, root), digest] for path, digest in sorted(file_digests.items())]
     return stable_hash({"dataset_json": raw_json, "files": entries})
 
 
-def load_dataset(root: str | Path, *, num_workers: int = 1, progress: bool = False) -> DatasetManifest:
+def load_dataset(root: str | Path, *, num_workers: int = 1, progress: bool = False,
+                 digests: FileDigests | None = None) -> DatasetManifest:
     """Read and check the nnU-Net-layout dataset at ``root``; return its manifest (absolute paths).
 
     Every problem found (dataset.json, missing/extra/misnamed files, channel counts, shapes, spacing,
     origin, direction, label values, NaN/Inf, unreadable files) is collected and raised together as one
-    DatasetError. Reads with ``num_workers`` threads; a tqdm bar when ``progress``. Writes nothing.
+    DatasetError. Reads with ``num_workers`` threads; a tqdm bar when ``progress``. Writes nothing
+    (``digests`` remembers the files' content digests; its owner saves them).
     """
     root = Path(root).resolve()
     if not root.is_dir():
@@ -357,6 +366,7 @@ def load_dataset(root: str | Path, *, num_workers: int = 1, progress: bool = Fal
 
     all_files = [r for f in (train, test) for c in f.cases.values() for r in c.values()]
     all_files += list(labels.values())
+    file_digests = _file_digests(root, all_files, digests or FileDigests(), num_workers)
     manifest = DatasetManifest(
         schema_version=SCHEMA_VERSION,
         root=str(root),
@@ -367,7 +377,8 @@ def load_dataset(root: str | Path, *, num_workers: int = 1, progress: bool = Fal
         cases=case_files(train, True),
         test_cases=case_files(test, False),
         ndim=2 if ndims and all(d == 2 for d in ndims.values()) else 3,
-        dataset_hash=_dataset_hash(root, dj.raw, all_files),
+        dataset_hash=_dataset_hash(root, dj.raw, file_digests),
+        file_digests=file_digests,
     )
     log.info("dataset %s: %d training case(s), %d test case(s), %dD, %d channel(s), labels %s",
              manifest.name, len(manifest.cases), len(manifest.test_cases), manifest.ndim,

@@ -20,10 +20,10 @@ def _duration(seconds: float) -> str:
 def _hardware_lines(plans: Plans) -> list[str]:
     hw = plans.hardware
     if hw.device == "cuda":
-        free = "" if hw.gpu_free_memory_gb is None else f", {hw.gpu_free_memory_gb:.1f} GB free"
         name = hw.gpu_name or "CUDA GPU"
-        lines = [f"Hardware planned for: {name}, {hw.gpu_total_memory_gb or 0:.1f} GB total{free}; "
-                 f"{hw.cpu_cores} CPU cores, {hw.ram_available_gb:.1f} GB RAM available"]
+        lines = [f"Hardware planned for: {name}, {hw.gpu_total_memory_gb or 0:.1f} GB total; "
+                 f"{hw.cpu_cores} CPU cores, {hw.ram_total_gb:.1f} GB RAM (plans use the machine's totals, "
+                 f"never what happens to be free)"]
     else:
         if hw.cpu_unet_gflops:
             gflops = ", ".join(f"{k} U-Net training {v:.0f} GFLOP/s ({hw.cpu_unet_precision.get(k, 'fp32')})"
@@ -32,7 +32,9 @@ def _hardware_lines(plans: Plans) -> list[str]:
             gflops = "not measured" if hw.cpu_conv_gflops is None else f"{hw.cpu_conv_gflops:.0f} GFLOP/s"
         bf16 = ", native bf16" if hw.cpu_bf16 else ""
         lines = [f"Hardware planned for: CPU only, {hw.cpu_cores} cores{bf16}, throughput {gflops}, "
-                 f"{hw.ram_available_gb:.1f} of {hw.ram_total_gb:.1f} GB RAM available"]
+                 f"{hw.ram_total_gb:.1f} GB RAM (plans use the machine's total, never what happens to be free)"]
+        if hw.cpu_speed_source:
+            lines.append(f"CPU throughput {hw.cpu_speed_source}")
     if plans.time_budget_s is None:
         budget = "none (trainings run their epochs)"
     else:

@@ -227,19 +227,25 @@ def _case_paths(out_dir: str | os.PathLike, case_id: str) -> tuple[Path, Path, P
             out_dir / names.case_properties_json("x", case_id).name)
 
 
-def case_source_hash(case: CaseFiles) -> str:
-    """Hash of a case's source files' names, sizes and modification times (ns)."""
+def case_source_hash(case: CaseFiles, digests: Mapping[str, str] | None = None) -> str:
+    """Hash of a case's source files' names and contents (``digests``: path -> content digest, e.g. the
+    manifest's ``file_digests``; a file missing there is read). Timestamps play no part: a file touched
+    or copied with the same bytes leaves the case current."""
+    from ..store import file_hash
+
     entries = []
     for role, path in [("image", p) for p in case.images] + [("label", case.label)]:
         if path is None:
             continue
-        try:
-            st = os.stat(path)
-        except OSError:
-            raise AutosegError(f"case {case.case_id}: {role} file {path} cannot be read; it was "
-                               f"listed when the dataset was checked. Restore it or rerun "
-                               f"`autoseg plan --overwrite`.") from None
-        entries.append([role, Path(path).name, int(st.st_size), int(st.st_mtime_ns)])
+        digest = (digests or {}).get(str(path))
+        if digest is None:
+            try:
+                digest = file_hash(path)
+            except OSError:
+                raise AutosegError(f"case {case.case_id}: {role} file {path} cannot be read; it was "
+                                   f"listed when the dataset was checked. Restore it or rerun "
+                                   f"`autoseg plan --overwrite`.") from None
+        entries.append([role, Path(path).name, digest])
     return stable_hash(entries)
 
 
@@ -271,16 +277,18 @@ def _read_case(case: CaseFiles) -> tuple[np.ndarray, np.ndarray | None, Any]:
 
 
 def preprocess_case(case: CaseFiles, plan: ConfigurationPlan, out_dir: str | os.PathLike,
-                    file_ending: str, labels: Mapping[str, int] | Sequence[int]) -> CaseProperties:
+                    file_ending: str, labels: Mapping[str, int] | Sequence[int],
+                    digests: Mapping[str, str] | None = None) -> CaseProperties:
     """Read, preprocess and store one case in ``out_dir`` (the plan's preprocessed folder).
 
     ``labels``: the dataset's label values (dict name -> value, or values). Writes ``<case>.npy``
     (float32, C, ...) and ``<case>_seg.npy`` (int8 when every label fits in [-1, 127], else int16,
     shape (1, ...)) atomically, then ``<case>.json``. Returns the CaseProperties written.
+    ``digests``: content digests of the case's files when known (see :func:`case_source_hash`).
     """
     data_path, seg_path, json_path = _case_paths(out_dir, case.case_id)
     json_path.unlink(missing_ok=True)  # the case is incomplete until the new json is written
-    source_hash = case_source_hash(case)
+    source_hash = case_source_hash(case, digests)
     data, seg, geometry = _read_case(case)
     case_out = preprocess_arrays(data, seg, geometry, plan, case_id=case.case_id, file_ending=file_ending)
     del data, seg
@@ -300,7 +308,13 @@ def preprocess_case(case: CaseFiles, plan: ConfigurationPlan, out_dir: str | os.
 
 # --------------------------------------------------------------------------- a dataset
 
-def _is_current(case: CaseFiles, out_dir: Path, expected_hash: str) -> bool:
+def _case_digests(manifest: DatasetManifest, case: CaseFiles) -> dict[str, str]:
+    """The manifest's content digests of ``case``'s files (what a worker needs, not the whole dataset's)."""
+    files = [*case.images, *([case.label] if case.label else [])]
+    return {f: manifest.file_digests[f] for f in files if f in manifest.file_digests}
+
+
+def _is_current(case: CaseFiles, out_dir: Path, expected_hash: str, digests: Mapping[str, str]) -> bool:
     """The case's files are there and its sidecar records the current preprocessing and source hashes."""
     data_path, seg_path, json_path = _case_paths(out_dir, case.case_id)
     if not data_path.is_file() or (case.label is not None and not seg_path.is_file()):
@@ -312,7 +326,7 @@ def _is_current(case: CaseFiles, out_dir: Path, expected_hash: str) -> bool:
     recorded = None if props is None else {"preprocessing_hash": props.preprocessing_hash,
                                            "source_hash": props.source_hash}
     return freshness(json_path, recorded, {"preprocessing_hash": expected_hash,
-                                           "source_hash": case_source_hash(case)}).current
+                                           "source_hash": case_source_hash(case, digests)}).current
 
 
 def estimate_case_memory_gb(cases: Sequence[CaseFiles], plan: ConfigurationPlan) -> float:
@@ -341,10 +355,10 @@ def _describe(case: CaseFiles) -> str:
 
 
 def _run_case(case: CaseFiles, plan: ConfigurationPlan, out_dir: str, file_ending: str,
-              labels: list[int]) -> str:
+              labels: list[int], digests: Mapping[str, str] | None = None) -> str:
     """Worker entry point: preprocess one case; any failure becomes an AutosegError naming it."""
     try:
-        preprocess_case(case, plan, out_dir, file_ending, labels)
+        preprocess_case(case, plan, out_dir, file_ending, labels, digests)
     except AutosegError as e:
         raise AutosegError(f"preprocessing case {case.case_id} failed ({_describe(case)}): {e}") from None
     except MemoryError:
@@ -370,7 +384,8 @@ def preprocess_dataset(manifest: DatasetManifest, plan: ConfigurationPlan, workd
     out_dir = workdir.preprocessed_dir(plan.data_identifier)
     out_dir.mkdir(parents=True, exist_ok=True)
     expected_hash = preprocessing_hash(plan)
-    todo = [c for c in manifest.cases if overwrite or not _is_current(c, out_dir, expected_hash)]
+    todo = [c for c in manifest.cases
+            if overwrite or not _is_current(c, out_dir, expected_hash, _case_digests(manifest, c))]
     logger.info("preprocessing %s: %d case(s) to process, %d up to date in %s", plan.name, len(todo),
                 len(manifest.cases) - len(todo), out_dir)
     if not todo:
@@ -389,14 +404,15 @@ def preprocess_dataset(manifest: DatasetManifest, plan: ConfigurationPlan, workd
               disable=not progress) as bar:
         if num_workers == 1:
             for case in todo:
-                done.append(_run_case(case, *args))
+                done.append(_run_case(case, *args, _case_digests(manifest, case)))
                 bar.update(1)
         else:
             # the platform default (fork on Linux): workers use numpy/scipy only, and unlike spawn it
             # does not re-run a user script that lacks an `if __name__ == "__main__":` guard
             ctx = multiprocessing.get_context()
             with ProcessPoolExecutor(max_workers=num_workers, mp_context=ctx) as pool:
-                futures = {pool.submit(_run_case, case, *args): case for case in todo}
+                futures = {pool.submit(_run_case, case, *args, _case_digests(manifest, case)): case
+                           for case in todo}
                 try:
                     for fut in as_completed(futures):
                         done.append(fut.result())

@@ -5,10 +5,18 @@ probe lives here and the plan use case hands its result to :func:`autoseg.hardwa
 """
 from __future__ import annotations
 
+import json
+import logging
+from dataclasses import replace
+import os
 import statistics
 import time
+from pathlib import Path
+from typing import Any
 
-from ..hardware import CpuSpeed, cpu_has_bf16, usable_cpu_cores
+from ..hardware import CpuSpeed, cpu_has_bf16, cpu_model_name, usable_cpu_cores
+
+logger = logging.getLogger(__name__)
 
 
 def measure_cpu_speed(threads: int | None = None) -> CpuSpeed:
@@ -118,3 +126,67 @@ def measure_cpu_unet_gflops(threads: int, *, bf16: bool, repetitions: int = 2
     finally:
         torch.set_num_threads(old_threads)
     return rates, precisions
+
+
+# --------------------------------------------------------------------------- remembered per machine
+
+#: Bump when the probe changes: older remembered figures are then measured again.
+SPEED_RECORD_VERSION = 1
+
+
+def speed_cache_dir() -> Path:
+    """Where autoseg remembers machine measurements: $AUTOSEG_CACHE_DIR, else $XDG_CACHE_HOME/autoseg,
+    else ~/.cache/autoseg."""
+    if os.environ.get("AUTOSEG_CACHE_DIR"):
+        return Path(os.environ["AUTOSEG_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "autoseg"
+
+
+def cpu_class() -> dict[str, Any]:
+    """What the CPU speed depends on, and nothing momentary: the CPU model, the cores this process may
+    use, native bf16, torch's version and the probe's version."""
+    import torch
+
+    return {"cpu_model": cpu_model_name(), "cores": usable_cpu_cores(), "bf16": cpu_has_bf16(),
+            "torch": torch.__version__.split("+")[0], "probe": SPEED_RECORD_VERSION}
+
+
+def cpu_speed_for_planning(*, remeasure: bool = False) -> tuple[CpuSpeed, str]:
+    """This CPU's training throughput for the planner, measured once per CPU class and remembered.
+
+    A measurement varies by a few percent from run to run (more on a busy machine), and the CPU plan is
+    sized from it: measured afresh each time, ``autoseg plan --overwrite`` on the same data would
+    produce different plans and make trained folds look stale. So the figure is kept in
+    ``speed_cache_dir()/cpu_speed.json`` under its :func:`cpu_class` and reused while the class is
+    the same (``remeasure``: measure again and replace it). Returns (speed, a sentence saying where
+    the figure came from). A cache that cannot be read or written only costs a measurement.
+    """
+    from ..atomic import atomic_write_text
+
+    path = speed_cache_dir() / "cpu_speed.json"
+    key = cpu_class()
+    if not remeasure:
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if saved.get("cpu_class") == key:
+                s = saved["speed"]
+                where = (f"measured on {saved.get('measured', '?')} and remembered in {path} for this CPU class "
+                         f"(`autoseg plan --remeasure-cpu` measures again)")
+                speed = CpuSpeed(conv_gflops=s.get("conv_gflops"), unet_gflops=dict(s["unet_gflops"]),
+                                 unet_precision=dict(s["unet_precision"]), source=where)
+                return speed, where
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+    speed = measure_cpu_speed()
+    record = {"cpu_class": key, "measured": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+              "speed": {"conv_gflops": speed.conv_gflops, "unet_gflops": speed.unet_gflops,
+                        "unet_precision": speed.unet_precision}}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+        where = f"measured now and remembered in {path} for this CPU class"
+    except OSError as e:
+        logger.debug("cannot remember the CPU speed in %s: %s", path, e)
+        where = f"measured now (not remembered: {path} is not writable, so the next plan measures again)"
+    return replace(speed, source=where), where

@@ -90,9 +90,7 @@ class Trainer:
         torch.manual_seed(settings.seed)
         np.random.seed(settings.seed % 2**32)
         self.network = build_network(config.network).to(self.device)
-        self.optimizer = torch.optim.SGD(self.network.parameters(), lr=settings.initial_lr,
-                                         momentum=settings.momentum, nesterov=True,
-                                         weight_decay=settings.weight_decay)
+        self.optimizer = make_optimizer(self.network, settings)
         self.scheduler: PolyLR | FractionLR | None = _make_schedule(self.optimizer, settings)
         self.scaler = torch.amp.GradScaler("cuda") if settings.precision == "fp16" else None
         n_out = len(config.network.features_per_stage) - 1
@@ -343,6 +341,15 @@ def _float(output):
 
 def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy().astype(np.float64) if isinstance(x, torch.Tensor) else np.asarray(x, float)
+
+
+def make_optimizer(network: torch.nn.Module, s: TrainingSettings) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum (nnU-Net's) or AdamW (``momentum`` is its first beta)."""
+    if s.optimizer == "adamw":
+        return torch.optim.AdamW(network.parameters(), lr=s.initial_lr, betas=(s.momentum, 0.999),
+                                 weight_decay=s.weight_decay)
+    return torch.optim.SGD(network.parameters(), lr=s.initial_lr, momentum=s.momentum, nesterov=True,
+                           weight_decay=s.weight_decay)
 
 
 def _make_schedule(optimizer: torch.optim.Optimizer, s: TrainingSettings) -> PolyLR | FractionLR:

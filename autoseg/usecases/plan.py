@@ -118,7 +118,8 @@ def plan_dataset(dataset_dir: str | Path, workdir: str | Path, *, planner: str =
                  device: str | None = None, gpu_memory_gb: float | None = None,
                  time_budget_s: float | None = None, splits_file: str | Path | None = None,
                  split_seed: int = 12345, num_workers: int | None = None, progress: bool = True,
-                 overwrite: bool = False, measure_cpu: bool = True, cpu_gflops: float | None = None) -> PlanResult:
+                 overwrite: bool = False, measure_cpu: bool = True, cpu_gflops: float | None = None,
+                 remeasure_cpu: bool = False) -> PlanResult:
     """validate → fingerprint → plan → split → preprocess. Safe to re-run: current outputs are kept.
 
     ``time_budget_s``: wall-clock seconds per training, recorded once in plans.json (on a CPU without
@@ -127,6 +128,7 @@ def plan_dataset(dataset_dir: str | Path, workdir: str | Path, *, planner: str =
     """
     from ..atomic import atomic_write_text
     from ..data.dataset import load_dataset
+    from ..data.file_digests import FileDigests
     from ..hardware import detect_hardware, resolve_device
     from ..planning.base import check_time_budget
     from ..planning.explain import explain_plans
@@ -136,18 +138,21 @@ def plan_dataset(dataset_dir: str | Path, workdir: str | Path, *, planner: str =
     get_planner(planner)  # fail on an unknown name or a bad budget before any work
     check_time_budget(time_budget_s)
     log.info("checking dataset %s", dataset_dir)
-    manifest = load_dataset(dataset_dir, num_workers=num_workers or 1, progress=progress)
+    store = RunStore(workdir)
+    digests = FileDigests(store.wd.file_digests_json)
+    manifest = load_dataset(dataset_dir, num_workers=num_workers or 1, progress=progress, digests=digests)
     log.info("dataset OK: %d training cases, %d channel(s), labels %s", len(manifest.cases),
              manifest.num_channels, manifest.labels)
 
-    store = RunStore(workdir)
     store.save(manifest, store.wd.manifest_json)
+    digests.save()
     fp = _fingerprint(manifest, store, num_workers=num_workers, progress=progress, overwrite=overwrite)
     speed = None
     if measure_cpu and cpu_gflops is None and resolve_device(device, gpu_memory_gb) == "cpu":
-        from ..training.speed_probe import measure_cpu_speed
+        from ..training.speed_probe import cpu_speed_for_planning
 
-        speed = measure_cpu_speed()
+        speed, where = cpu_speed_for_planning(remeasure=remeasure_cpu)
+        log.info("CPU training speed %s", where)
     hardware = detect_hardware(device=device, gpu_memory_gb=gpu_memory_gb, cpu_speed=speed, cpu_gflops=cpu_gflops)
     plans = _plans(fp, hardware, time_budget_s, planner, store, overwrite=overwrite)
     explained = explain_plans(plans)
