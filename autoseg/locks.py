@@ -30,8 +30,11 @@ def exclusive(path: str | Path, what: str, *, hint: str = "") -> Iterator[None]:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             raise AutosegError(f"{what} is in use by another process (pid {holder}; lock {path})"
                                + (f"; {hint}" if hint else "")) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:  # the holder's pid, for the message above; writing it can fail on a full disk
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(path)) from None  # name the file (cli's one-line handler)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock

@@ -9,6 +9,8 @@ import os
 import shutil
 import stat
 import struct
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -432,3 +434,78 @@ def test_short_write_through_predict_fails_the_cases(run2d, tmp_path, monkeypatc
     assert f"{out / (case_id(6) + '.nii.gz')}: could not be written completely" in err
     assert "the disk may be full" in err
     assert sorted(p.name for p in out.iterdir()) == ["prediction_info.json"]
+
+
+# --------------------------------------------------------------------------- a real full disk (tmpfs)
+
+def _tmpfs_script_or_skip(tmp_path: Path, body: str) -> str:
+    """Run ``body`` (sh) in a private mount namespace where $MNT is a fresh 48 MB tmpfs; return its output.
+    Skips with the reason when this machine does not allow unprivileged mount namespaces."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("no `unshare` here: a real full disk needs a private tmpfs mount (util-linux)")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    probe = subprocess.run([unshare, "--user", "--map-root-user", "--mount", "sh", "-c",
+                            f"mount -t tmpfs -o size=48m tmpfs {mnt}"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"mounting a tmpfs in a user namespace is not allowed here ({probe.stderr.strip()})")
+    script = f"set -u\nMNT={mnt}\nmount -t tmpfs -o size=48m tmpfs $MNT\n{body}\n"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([unshare, "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                          capture_output=True, text=True, env=env, timeout=600)
+    return done.stdout + done.stderr
+
+
+def test_a_real_full_disk_fails_plan_train_and_predict_in_one_line(run2d, tmp_path):
+    """On a tmpfs that is really full: plan, train and predict each end with one line naming the path and
+    'No space left on device', exit code 1, and leave nothing that looks complete."""
+    wd, ds = run2d
+    py = sys.executable
+    fill = "dd if=/dev/zero of=$MNT/filler bs=64k 2>/dev/null; sync"
+    out = _tmpfs_script_or_skip(tmp_path, f"""
+{py} -m autoseg plan {ds} --workdir $MNT/run {' '.join(PLAN)} >/dev/null 2>&1; echo "PLAN_OK=$?"
+{fill}
+{py} -m autoseg train --workdir $MNT/run -c 2d --fold 0 {' '.join(TRAIN)} 2>$MNT/../train.err >/dev/null
+echo "TRAIN_RC=$?"; echo "TRAIN_ERR=$(cat $MNT/../train.err | tr '\\n' '|')"
+echo "FOLD_FILES=$(ls $MNT/run/results/2d/fold_0 2>/dev/null | tr '\\n' ' ')"
+{py} -m autoseg plan {ds} --workdir $MNT/run2 {' '.join(PLAN)} 2>$MNT/../plan.err >/dev/null
+echo "PLAN2_RC=$?"; echo "PLAN2_ERR=$(cat $MNT/../plan.err | tr '\\n' '|')"
+{py} -m autoseg predict --workdir {wd} -i {ds / 'imagesTs'} -o $MNT/out -c 2d --folds 0 --fast --no-progress \
+  --device cpu 2>$MNT/../predict.err >/dev/null
+echo "PREDICT_RC=$?"; echo "PREDICT_ERR=$(cat $MNT/../predict.err | tr '\\n' '|')"
+echo "OUT_FILES=$(ls $MNT/out 2>/dev/null | tr '\\n' ' ')"
+""")
+    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line and line.split("=", 1)[0].isupper())
+    assert values.get("PLAN_OK") == "0", out
+    for step in ("TRAIN", "PLAN2", "PREDICT"):
+        assert values[f"{step}_RC"] == "1", (step, out)
+        stderr = values[f"{step}_ERR"].rstrip("|")
+        assert "Traceback" not in stderr, (step, stderr)
+        err = stderr.split("|")[-1]  # the last line: the error, after any progress log lines
+        assert err.startswith("autoseg: error: ") and stderr.count("autoseg: error:") == 1, (step, stderr)
+        assert "No space left on device" in err and str(tmp_path / "mnt") in err, (step, err)
+    assert "checkpoint_final.pt" not in values["FOLD_FILES"]
+    assert ".tmp" not in values["FOLD_FILES"] and ".tmp" not in values["OUT_FILES"]
+    assert "nii.gz" not in values["OUT_FILES"]  # no prediction that looks complete
+
+
+def test_a_real_read_only_mount_fails_plan_and_predict_in_one_line(run2d, tmp_path):
+    wd, ds = run2d
+    py = sys.executable
+    out = _tmpfs_script_or_skip(tmp_path, f"""
+mkdir -p $MNT/out; mount -o remount,ro $MNT
+{py} -m autoseg plan {ds} --workdir $MNT/run {' '.join(PLAN)} 2>$MNT/../plan.err >/dev/null
+echo "PLAN_RC=$?"; echo "PLAN_ERR=$(tail -n 1 $MNT/../plan.err)"
+{py} -m autoseg predict --workdir {wd} -i {ds / 'imagesTs'} -o $MNT/out -c 2d --folds 0 --fast --no-progress \
+  --device cpu 2>$MNT/../predict.err >/dev/null
+echo "PREDICT_RC=$?"; echo "PREDICT_ERR=$(tail -n 1 $MNT/../predict.err)"
+echo "TRACEBACKS=$(cat $MNT/../*.err | grep -c Traceback)"
+""")
+    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line and line.split("=", 1)[0].isupper())
+    assert values.get("TRACEBACKS") == "0", out
+    for step in ("PLAN", "PREDICT"):
+        assert values[f"{step}_RC"] == "1", (step, out)
+        err = values[f"{step}_ERR"]
+        assert err.startswith("autoseg: error: cannot write") and "Read-only file system" in err, (step, err)
+        assert str(tmp_path / "mnt") in err, (step, err)
