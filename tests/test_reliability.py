@@ -112,6 +112,32 @@ def test_2d_image_given_to_a_3d_model_is_refused(run3d, tmp_path, capsys):
     assert (out / f"{case_id(6)}.nii.gz").is_file() and not (out / "flat.nii.gz").exists()
 
 
+def test_spacing_in_other_units_is_warned_and_nonsense_spacing_refused(run3d, tmp_path, capsys, caplog):
+    from autoseg.inference.case_io import check_spacing
+
+    wd, ds = run3d
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    metres = inputs / "metres_0000.nii.gz"  # the header says metres' numbers in a mm field
+    write_image(np.random.default_rng(0).random((1, 12, 16, 16), np.float32) * 100,
+                Geometry(ndim=3, size=(16, 16, 12), spacing=(0.001, 0.001, 0.001), origin=(0.0, 0.0, 0.0),
+                         direction=IDENTITY_3D), metres)
+    with caplog.at_level(logging.WARNING):
+        assert _predict(wd, inputs, tmp_path / "out", "3d_fullres") == 0  # predicted, with a warning
+    assert any("case metres" in r.getMessage() and "other units" in r.getMessage() for r in caplog.records)
+    geometry = Geometry(ndim=3, size=(4, 4, 4), spacing=(1.0, 0.0, 1.0), origin=(0.0, 0.0, 0.0),
+                        direction=IDENTITY_3D)
+    with pytest.raises(AutosegError, match=r"case zero: f.nii.gz has spacing .* positive number of mm"):
+        check_spacing("zero", "f.nii.gz", geometry, [1.0, 1.0, 1.0], 3)
+    assert check_spacing("fine", "f.nii.gz", replace_spacing(geometry, (1.0, 1.0, 1.0)), [1.0, 1.0, 1.0], 3) is None
+
+
+def replace_spacing(geometry: Geometry, spacing: tuple[float, ...]) -> Geometry:
+    from dataclasses import replace
+
+    return replace(geometry, spacing=spacing)
+
+
 def test_3d_image_given_to_a_2d_model_is_refused(run2d, tmp_path, capsys):
     wd, ds = run2d
     inputs = tmp_path / "in"

@@ -37,7 +37,7 @@ from ..store import RunStore, plans_hash
 from ..workdir import CHECKPOINT_KINDS, Workdir
 from .cascade_predict import cascade_input, stage_order
 from ..preprocessing.preprocess import image_geometry
-from .case_io import case_id_and_files, nonfinite_voxels, read_case_image, write_case_outputs
+from .case_io import check_spacing, case_id_and_files, nonfinite_voxels, read_case_image, write_case_outputs
 from ..model.export import logits_to_original_probabilities, probabilities_to_segmentation
 from ..model.sliding_window import predict_sliding_window
 from ..preprocessing.resample import is_dummy_spacing
@@ -300,6 +300,10 @@ class Predictor:
         image = image.astype(np.float32, copy=False)
         prepared = PreparedCase(case_id, image_geometry(image, geometry), tuple(image.shape[1:]), image)
         self._check_dimensionality(prepared, files[0] if files else "the image")
+        warning = check_spacing(case_id, str(files[0]) if files else "the image", prepared.geometry,
+                                self.plans.configuration(self.stages[0]).spacing_zyx_mm, self.image_ndim)
+        if warning:
+            log.warning("%s", warning)
         if preprocess:
             for name in self.stages:
                 ident = self.plans.configuration(name).data_identifier
