@@ -552,6 +552,9 @@ class FoldSummary:
     per_case: dict[str, Any]
     seconds_per_case: dict[str, float] = field(default_factory=dict)
     mean_seconds_per_case: float | None = None
+    # how the cases were predicted: mirror (bool), step_size, reason (a budgeted training may validate
+    # without mirroring or with less tile overlap; training/budget.choose_final_validation); {}: older runs
+    validation_mode: dict[str, Any] = field(default_factory=dict)
 
     @property
     def foreground_dice(self) -> float | None:

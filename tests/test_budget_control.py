@@ -15,6 +15,7 @@ from autoseg.model.checkpoint import load_checkpoint
 from autoseg.store import load_plans
 from autoseg.usecases.train import resolve_training_settings
 from autoseg.schemas import Splits, load_json
+from autoseg.training.budget import FinalValidation
 from autoseg.training.schedule import lr_factor
 from autoseg.training.splits import fold_cases
 from autoseg.training.trainer import Trainer
@@ -70,7 +71,7 @@ class Simulation:
         self.wd, self.clock, self.step_s = wd, clock, step_s
         self.trainer = Trainer(wd, config, settings, train_ids, val_ids, progress=False, clock=clock,
                                hooks=hooks)
-        self.trainer.control.estimate = lambda trainer: (VALIDATION_S, FINAL_VALIDATION_S)
+        self.trainer.control.estimate = lambda trainer: (VALIDATION_S, FinalValidation(FINAL_VALIDATION_S))
         self.trainer.train_step = self._train_step
         self.trainer.validation_step = self._validation_step
         self.lrs: list[float] = []
@@ -201,3 +202,23 @@ def test_epochs_run_exactly_n_epochs_with_poly_lr(planned: Path) -> None:
     final = load_checkpoint(sim.wd.checkpoint("2d", 0, "final"))
     assert final["scheduler"]["current_step"] == 3 * IPE and state.log[-1]["lr"] == 0.0
     assert "elapsed_fraction" not in state.log[-1]
+
+
+def test_final_validation_is_made_cheaper_only_when_it_would_take_too_much_of_the_budget():
+    from autoseg.training.budget import MAX_FINAL_VALIDATION_SHARE, choose_final_validation
+
+    def cost(per_tile_pass: float):
+        # 100 tiles at step 0.5, 45 at step 0.75; 8 passes mirrored (3 axes)
+        return lambda mirror, step: (100 if step == 0.5 else 45) * (8 if mirror else 1) * per_tile_pass
+
+    roomy = choose_final_validation(1200, 16, 3, cost(0.1))  # 80 s of 1200: fits
+    assert (roomy.mirror, roomy.step_size) == (True, 0.5) and "7% of the 1200 s budget" in roomy.reason
+    tight = choose_final_validation(1200, 16, 3, cost(0.5))  # mirrored 400 s (33%), plain 50 s
+    assert (tight.mirror, tight.step_size) == (False, 0.5) and tight.seconds == 50
+    assert "the full one (8 mirrored passes, tile step 0.5 ~400 s) would take 33%" in tight.reason
+    assert "every case is still validated" in tight.reason
+    hopeless = choose_final_validation(300, 16, 3, cost(2.0))  # even 45 tiles x 2 s = 90 s > 45 s
+    assert (hopeless.mirror, hopeless.step_size) == (False, 0.75) and "give a longer --time-budget" in hopeless.reason
+    no_axes = choose_final_validation(1200, 4, 0, cost(0.1))  # a configuration without mirror axes
+    assert not no_axes.mirror and no_axes.step_size == 0.5
+    assert tight.seconds <= MAX_FINAL_VALIDATION_SHARE * 1200

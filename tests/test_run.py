@@ -76,6 +76,9 @@ def test_run_end_to_end_then_resume(tmp_path):
     assert sorted(result.prediction.predicted_cases) == ["synth_005", "synth_006"]
     assert (tmp_path / "run" / "run_summary.json").is_file()
     assert set(result.stage_seconds) == {"plan", "train", "find-best", "predict"}
+    for fold in result.choice.folds:  # a budgeted training chose (and recorded) how to validate, and why
+        mode = RunStore(tmp_path / "run").fold_summary("3d_fullres", fold).validation_mode
+        assert set(mode) >= {"mirror", "step_size", "reason"} and "final validation of" in mode["reason"]
     lines.clear()
     again = run(ds, tmp_path / "run", **kw)  # everything current: nothing is trained or predicted again
     assert again.trainings == [] and again.prediction is None

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .budget import final_validation_seconds, seconds_per_tile
+from .budget import FinalValidation, choose_final_validation, final_validation_seconds, seconds_per_tile
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -28,17 +28,23 @@ RECENT_ITERATIONS = 9  # the next iteration is predicted to take the median of t
 VALIDATION_LOADING_FACTOR = 1.5  # per-epoch validation estimate: forward time x this (loading the patches)
 
 
-def estimate_validation_seconds(trainer: Trainer) -> tuple[float, float]:
-    """(one per-epoch validation, the final full-resolution validation) in seconds, from the measured
-    forward time of one tile on this network (see ``training/budget.py``)."""
+def estimate_validation_seconds(trainer: Trainer) -> tuple[float, FinalValidation]:
+    """(one per-epoch validation in seconds, the final full-resolution validation: how, and its cost),
+    from the measured forward time of one tile on this network (see ``training/budget.py``). The final
+    validation is made cheaper when the thorough one would take more than its share of the budget."""
     s, config = trainer.settings, trainer.config
     per_tile = seconds_per_tile(trainer.network, config.network.in_channels, s.patch_size, trainer.device,
                                 trainer._autocast)
     per_epoch = per_tile * s.batch_size * s.validation_iterations_per_epoch * VALIDATION_LOADING_FACTOR
-    final = final_validation_seconds(trainer.wd.preprocessed_dir(config.data_identifier), trainer.val_ids,
-                                     s.patch_size, config.dims, len(config.mirror_axes), per_tile,
-                                     config.network.num_classes)
-    return per_epoch, final
+    pre = trainer.wd.preprocessed_dir(config.data_identifier)
+
+    def seconds(mirror: bool, step_size: float) -> float:
+        return final_validation_seconds(pre, trainer.val_ids, s.patch_size, config.dims,
+                                        len(config.mirror_axes) if mirror else 0, per_tile,
+                                        config.network.num_classes, step_size)
+
+    return per_epoch, choose_final_validation(float(s.time_budget_s or 0.0), len(trainer.val_ids),
+                                              len(config.mirror_axes), seconds)
 
 
 class EpochControl:
@@ -75,7 +81,7 @@ class BudgetController:
     """
 
     def __init__(self, budget_s: float,
-                 estimate: Callable[[Trainer], tuple[float, float]] = estimate_validation_seconds):
+                 estimate: Callable[[Trainer], tuple[float, FinalValidation]] = estimate_validation_seconds):
         self.budget_s = float(budget_s)
         self.estimate = estimate
         self._iteration_start: float | None = None
@@ -99,7 +105,9 @@ class BudgetController:
     def on_train_start(self, trainer: Trainer) -> None:
         st = trainer.state
         if not st.final_validation_s:  # first run; a resumed run keeps its reserve (and so its span)
-            st.validation_epoch_s, st.final_validation_s = self.estimate(trainer)
+            st.validation_epoch_s, final = self.estimate(trainer)
+            st.final_validation_s, st.final_validation = final.seconds, final.to_dict()
+            log.info("%s", final.reason)
         span, elapsed = self.span_s(trainer), trainer.elapsed()
         log.info("time budget %.0f s: %.0f s for training, %.1f s reserved for the final validation "
                  "(estimated) and %.1f s for the last epoch's validation; %.1f s spent so far",

@@ -54,6 +54,8 @@ class TrainState:
     elapsed_s: float = 0.0  # wall seconds spent in this training so far, over every run (budget clock)
     validation_epoch_s: float | None = None  # time budget: seconds of one epoch's validation (reserve)
     final_validation_s: float | None = None  # time budget: estimated seconds of the final validation
+    # time budget: how the final validation predicts (mirror, step_size, estimated_s, reason); None: thoroughly
+    final_validation: dict[str, Any] | None = None
     precision: str | None = None  # resolved precision ("auto" is measured once, then fixed)
     precision_probe: dict[str, float] = field(default_factory=dict)  # measured s/iteration per precision
     ema_dice: float | None = None

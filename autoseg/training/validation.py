@@ -38,13 +38,16 @@ def validate_fold(wd: Workdir, plans: Plans, config: ConfigurationPlan, settings
                   network: torch.nn.Module, val_ids: list[str], manifest: DatasetManifest, *,
                   progress: bool = True, save_probabilities_npz: bool = True,
                   precision: str | None = None,
-                  previous_stage_segs: Mapping[str, Path] | None = None) -> FoldSummary:
+                  previous_stage_segs: Mapping[str, Path] | None = None,
+                  mode: Mapping[str, Any] | None = None) -> FoldSummary:
     """Predict every validation case, write it, score it against the original labels; returns the summary.
 
     ``previous_stage_segs`` (required for a configuration with ``previous_stage``): case id -> the
     previous stage's ``<case>_seg.npy`` on this configuration's grid, appended one-hot to the input.
     With ``config.next_stage`` and a numbered fold, each case's segmentation is also written on the
-    next stage's grid (see :func:`write_next_stage_segmentation`).
+    next stage's grid (see :func:`write_next_stage_segmentation`). ``mode``: how to predict (``mirror``,
+    ``step_size``, ``reason``; a budgeted training's choice, ``training/budget.choose_final_validation``);
+    None: thoroughly (every mirror axis, tile step 0.5). It is recorded in the summary.
     """
     from tqdm import tqdm
 
@@ -52,6 +55,9 @@ def validate_fold(wd: Workdir, plans: Plans, config: ConfigurationPlan, settings
     from ..evaluation import evaluate_case, summarize
 
     fold = settings.fold
+    mode = dict(mode or {"mirror": True, "step_size": 0.5,
+                         "reason": f"final validation of {len(val_ids)} case(s) with every mirror axis, tile step "
+                                   f"0.5 (no time budget: thorough)"})
     out_dir = wd.validation_dir(config.name, fold)
     out_dir.mkdir(parents=True, exist_ok=True)
     pre = wd.preprocessed_dir(config.data_identifier)
@@ -88,7 +94,9 @@ def validate_fold(wd: Workdir, plans: Plans, config: ConfigurationPlan, settings
                 data = _with_previous_stage(data, previous_stage_segs, cid, config)
             probs = predict_preprocessed_case(network, data, props, config,
                                               device=settings.device,
-                                              precision=precision or settings.precision)
+                                              precision=precision or settings.precision,
+                                              mirror=bool(mode.get("mirror", True)),
+                                              step_size=float(mode.get("step_size", 0.5)))
             seg = probabilities_to_segmentation(probs)
             if save_probabilities_npz:
                 save_probabilities(probs, prob_path, case_id=cid)
@@ -106,7 +114,7 @@ def validate_fold(wd: Workdir, plans: Plans, config: ConfigurationPlan, settings
     metrics = json.loads(json.dumps(summarize(per_case, fg, {v: labels[v] for v in fg}), default=float))
     seconds = {k: v for k, v in seconds.items() if k in per_case}
     summary = FoldSummary(schema_version=SCHEMA_VERSION, configuration=config.name, fold=str(fold),
-                          checkpoint_hash=ckpt_hash, seconds_per_case=seconds,
+                          checkpoint_hash=ckpt_hash, seconds_per_case=seconds, validation_mode=mode,
                           mean_seconds_per_case=float(np.mean(list(seconds.values()))) if seconds else None,
                           **{k: metrics[k] for k in ("num_cases", "labels", "per_class", "foreground_mean",
                                                      "per_case")})

@@ -160,7 +160,8 @@ def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides:
             from ..training.validation import validate_fold
 
             summary = validate_fold(wd, plans, config, settings, trainer.network, val_ids, store.manifest(),
-                                    progress=progress, precision=state.precision, previous_stage_segs=previous_segs)
+                                    progress=progress, precision=state.precision, previous_stage_segs=previous_segs,
+                                    mode=state.final_validation)
         return TrainResult(configuration=config.name, fold=str(fold), precision=state.precision,
                            iterations=sum(int(r.get("iterations", 0)) for r in state.log),
                            train_seconds=round(float(state.elapsed_s), 1), time_budget_s=settings.time_budget_s,
