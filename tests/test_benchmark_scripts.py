@@ -237,3 +237,26 @@ def test_report_with_one_side_missing_and_an_error():
     md = sbs.format_markdown(rep)
     assert "nnunet failed" in md and "boom" in md
     assert sbs.ratio(1, 0) is None and sbs.ratio(True, 1) is None and sbs.ratio(3, 2) == 1.5
+
+
+def test_dice_vs_budget_table_and_plot_from_side_by_side_reports(tmp_path):
+    import dice_vs_budget as dvb
+
+    def report(budget: str, a: float | None, n: float | None) -> dict:
+        side = lambda d, it: None if d is None else {"dice_mean": d, "iterations_done": it, "train_seconds": 100.0}
+        return {"dataset": "Dataset102_Hippocampus", "configuration": "3d_fullres", "fold": 0, "budget": budget,
+                "autoseg": side(a, 900), "nnunet": side(n, 120), "errors": {} if n is not None else
+                {"nnunet": "not installed"}}
+
+    for budget, a, n in (("20m", 0.86, 0.41), ("5m", 0.80, 0.0), ("10m", 0.84, None)):
+        (tmp_path / budget).mkdir()
+        (tmp_path / budget / "report.json").write_text(json.dumps(report(budget, a, n)))
+    assert dvb.main(["--report-only", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "dice_vs_budget.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "m |" in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["5m", "10m", "20m"]  # sorted by budget, not by name
+    assert "| 20m | 0.8600 | 0.4100 | +0.4500 | 900 | 120 |" in table
+    assert "| 10m | 0.8400 | – | – |" in table and "10m: nnunet: not installed" in table
+    png = (tmp_path / "dice_vs_budget.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert json.loads((tmp_path / "dice_vs_budget.json").read_text())[0]["budget_s"] == 300
