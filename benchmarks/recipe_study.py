@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     results: list[dict[str, Any]] = json.loads(results_path.read_text()) if results_path.exists() else []
-    done = {(r["dataset"], r["budget"], r["recipe"], r["fold"]) for r in results}
+    # a cell that failed (no Dice) runs again: a finished training is not repeated, only what is missing
+    done = {(r["dataset"], r["budget"], r["recipe"], r["fold"]) for r in results if r.get("dice") is not None}
 
     cells = []
     for budget in args.budget:
