@@ -101,9 +101,9 @@ DATASETS = [
 ]
 
 
-def _autoseg() -> str:
-    exe = Path(sys.executable).parent / "autoseg"
-    return str(exe) if exe.exists() else "autoseg"
+def _autoseg() -> list[str]:
+    """autoseg of this checkout (not whichever one is installed): the study may run from a snapshot."""
+    return [sys.executable, "-m", "autoseg"]
 
 
 def plan(ds: StudyDataset, out: Path, budget: str) -> tuple[Path, int] | None:
@@ -116,8 +116,9 @@ def plan(ds: StudyDataset, out: Path, budget: str) -> tuple[Path, int] | None:
         log = wd.parent / "plan.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as fh:
-            subprocess.run([_autoseg(), "plan", str(raw), "--workdir", str(wd), "--time-budget", budget,
-                            "--no-progress"], stdout=fh, stderr=subprocess.STDOUT, check=True)
+            subprocess.run([*_autoseg(), "plan", str(raw), "--workdir", str(wd), "--time-budget", budget,
+                            "--no-progress"], stdout=fh, stderr=subprocess.STDOUT, check=True,
+                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     plans = json.loads((wd / "plans.json").read_text())
     config = plans["configurations"][ds.configuration]
     its = next(d["value"] for d in config["decisions"] if d["subject"] == "training_iterations")
