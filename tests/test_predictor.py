@@ -15,7 +15,8 @@ from autoseg.cli import main
 from autoseg.data.image_io import read_image, read_image_info, read_label, write_image
 from autoseg.errors import AutosegError, StaleArtifactError
 from autoseg.model.export import load_probabilities
-from autoseg.inference.predictor import Predictor, _resolve_precision
+from autoseg.inference.checks import resolve_precision as _resolve_precision
+from autoseg.inference.predictor import Predictor
 from autoseg.inference.uncertainty import MemberStore
 from autoseg.store import load_plans, plans_hash
 from autoseg.schemas import SCHEMA_VERSION, Geometry, PostprocessingStep, Selection, save_json

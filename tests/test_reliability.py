@@ -113,7 +113,7 @@ def test_2d_image_given_to_a_3d_model_is_refused(run3d, tmp_path, capsys):
 
 
 def test_spacing_in_other_units_is_warned_and_nonsense_spacing_refused(run3d, tmp_path, capsys, caplog):
-    from autoseg.inference.case_io import check_spacing
+    from autoseg.inference.checks import check_spacing
 
     wd, ds = run3d
     inputs = tmp_path / "in"

@@ -125,32 +125,3 @@ def write_case_outputs(case_id: str, out_path: str | Path, geometry: Geometry, s
         unc.unlink(missing_ok=True)
     write_segmentation(segmentation, geometry, out_path)
     return info
-
-
-#: A case whose spacing differs from the networks' by more than this factor on an axis gets a warning:
-#: usually a header in other units (m or µm instead of mm), rarely a real resolution that far away.
-SPACING_WARNING_FACTOR = 20.0
-
-
-def check_spacing(case_id: str, source: str, geometry: Geometry, target_spacing_zyx: Sequence[float],
-                  image_ndim: int) -> str | None:
-    """Raise AutosegError when the case's spacing is not a positive finite number of mm on every axis
-    (the image could not be resampled); return a warning when an axis is more than
-    ``SPACING_WARNING_FACTOR`` times finer or coarser than the spacing the networks were trained at."""
-    from ..preprocessing.resample import is_dummy_spacing
-
-    spacing = geometry.spacing_zyx
-    if not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise AutosegError(f"case {case_id}: {source} has spacing (z, y, x) {tuple(spacing)} mm; every spacing must "
-                           f"be a positive number of mm; fix the file's header (e.g. SimpleITK SetSpacing)")
-    axes = range(len(spacing))
-    if image_ndim == 2 or is_dummy_spacing(spacing[0]) or is_dummy_spacing(target_spacing_zyx[0]):
-        axes = range(1, len(spacing))  # a 2D image has no real z spacing
-    far = [(a, spacing[a] / target_spacing_zyx[a]) for a in axes
-           if max(spacing[a] / target_spacing_zyx[a], target_spacing_zyx[a] / spacing[a]) > SPACING_WARNING_FACTOR]
-    if not far:
-        return None
-    names = "zyx"
-    detail = ", ".join(f"{names[a]} {spacing[a]:g} mm vs {target_spacing_zyx[a]:g} mm ({r:.3g}x)" for a, r in far)
-    return (f"case {case_id}: {source} has a spacing far from the one the networks were trained at ({detail}); "
-            f"it is resampled, but check the header: spacing stored in other units (m, µm) gives a wrong result")

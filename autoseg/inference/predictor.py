@@ -37,16 +37,16 @@ from ..store import RunStore, plans_hash
 from ..workdir import CHECKPOINT_KINDS, Workdir
 from .cascade_predict import cascade_input, stage_order
 from ..preprocessing.preprocess import image_geometry
-from .case_io import check_spacing, case_id_and_files, nonfinite_voxels, read_case_image, write_case_outputs
+from .case_io import case_id_and_files, read_case_image, write_case_outputs
+from .checks import (check_dimensionality, check_image_array, check_spacing, resolve_precision, trained_image_ndim,
+                     unusable_checkpoint)
 from ..model.export import logits_to_original_probabilities, probabilities_to_segmentation
 from ..model.sliding_window import predict_sliding_window
-from ..preprocessing.resample import is_dummy_spacing
 from .uncertainty import MemberStore
 from ..model.case_prediction import predict_preprocessed_case
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_STEP_SIZE, FAST_STEP_SIZE = 0.5, 0.75  # --fast: 0.75 and no mirroring (nnU-Net maintainers' advice)
 
 
@@ -78,38 +78,6 @@ class PreparedCase:
     image: np.ndarray | None
     preprocessed: dict[str, tuple[np.ndarray, CaseProperties]] = field(default_factory=dict)
     seconds: float = 0.0  # reading and preprocessing so far
-
-
-def _resolve_precision(requested: str, device: torch.device, recorded: list[str | None]) -> str:
-    """``auto``: fp16 on CUDA; elsewhere the precision the checkpoints were trained with (fp32 if
-    they disagree, record none, or record fp16, which needs CUDA)."""
-    if requested not in PRECISIONS:
-        raise AutosegError(f"precision '{requested}' is unknown; expected one of {', '.join(PRECISIONS)}")
-    if requested == "fp16" and device.type != "cuda":
-        raise AutosegError(f"precision fp16 needs a CUDA device, found device '{device}'; use bf16 or fp32")
-    if requested != "auto":
-        return requested
-    if device.type == "cuda":
-        return "fp16"
-    if device.type == "cpu" and len(set(recorded)) == 1 and recorded[0] in ("fp32", "bf16"):
-        return str(recorded[0])
-    return "fp32"
-
-
-def _unusable_checkpoint(e: Exception, configuration: str, fold: int | str, workdir: Path, which: str) -> str:
-    """What to say about a checkpoint that failed verification (a CheckpointError ``e``)."""
-    path, reason = getattr(e, "path", ""), getattr(e, "reason", str(e))
-    train = f"autoseg train --workdir {workdir} -c {configuration} --fold {fold}"
-    if which == "final":
-        todo = (f"remake it with `{train}` (it moves the bad file aside and trains the fold again), or predict "
-                f"with the other folds (--folds)")
-    else:
-        todo = (f"predict with --checkpoint final, or delete {Path(path).parent} and train the fold again "
-                f"with `{train}`")
-    if "another network" in reason:
-        return (f"checkpoint {path} does not fit the '{configuration}' network in plans.json (fold {fold}): it "
-                f"{reason}; plans.json changed after training, or the file comes from another run: {todo}")
-    return f"checkpoint {path} of {configuration} fold {fold} cannot be used: it {reason}; {todo}"
 
 
 class Predictor:
@@ -186,7 +154,7 @@ class Predictor:
         self.num_channels = channels.pop()
         self.channel_names = [n.name for n in plans[0].normalization]
         self.num_classes = plans[0].network.num_classes
-        self.image_ndim = self._dataset_ndim()  # 2 or 3: the images the networks were trained on
+        self.image_ndim = trained_image_ndim(self.plans, self.store)  # 2 or 3: the images the networks were trained on
 
         fold_list = [str(f) for f in (folds if folds is not None else self._default_folds())]
         if self.fast and not folds_given:
@@ -247,7 +215,7 @@ class Predictor:
             try:  # verified: zip CRCs, keys, finite weights, this network's parameter names and shapes
                 ckpt = load_checkpoint(path, map_location="cpu", network=net)
             except CheckpointError as e:
-                raise AutosegError(_unusable_checkpoint(e, cfg.name, fold, self.workdir.root,
+                raise AutosegError(unusable_checkpoint(e, cfg.name, fold, self.workdir.root,
                                                         self.checkpoint)) from None
             try:
                 net.load_state_dict(ckpt["model"])
@@ -262,7 +230,7 @@ class Predictor:
                 net.set_deep_supervision(False)
             nets.append(net.eval().to(self.device))
         self.networks[cfg.name] = nets
-        self.precisions[cfg.name] = _resolve_precision(precision, self.device, recorded)
+        self.precisions[cfg.name] = resolve_precision(precision, self.device, recorded)
 
     # ------------------------------------------------------------------ reading and preprocessing
     @property
@@ -285,22 +253,13 @@ class Predictor:
         """:meth:`prepare_array`; ``files``: the files the image was read from (already checked for
         NaN/Inf, file by file), named in the messages."""
         t0 = time.monotonic()
-        image = np.asarray(image)
-        if image.ndim != 4:
-            raise AutosegError(f"case {case_id}: image has shape {image.shape}; expected (C, Z, Y, X) "
-                               f"(a 2D image is (C, 1, Y, X))")
-        if image.shape[0] != self.num_channels:
-            raise AutosegError(f"case {case_id}: image has {image.shape[0]} channel(s), the networks expect "
-                               f"{self.num_channels} ({', '.join(self.channel_names)}); pass every channel")
-        if files is None:
-            bad = nonfinite_voxels(image)
-            if bad:
-                raise AutosegError(f"case {case_id}: the image has {bad}; fix or remove them (e.g. replace "
-                                   f"them by the background intensity): it cannot be normalised with them")
-        image = image.astype(np.float32, copy=False)
+        image = check_image_array(case_id, np.asarray(image), self.num_channels, self.channel_names,
+                                  finite_checked=files is not None)
         prepared = PreparedCase(case_id, image_geometry(image, geometry), tuple(image.shape[1:]), image)
-        self._check_dimensionality(prepared, files[0] if files else "the image")
-        warning = check_spacing(case_id, str(files[0]) if files else "the image", prepared.geometry,
+        source = str(files[0]) if files else "the image"
+        check_dimensionality(case_id, prepared.geometry, source, self.image_ndim, self.stages,
+                             self.plans.dataset_name)
+        warning = check_spacing(case_id, source, prepared.geometry,
                                 self.plans.configuration(self.stages[0]).spacing_zyx_mm, self.image_ndim)
         if warning:
             log.warning("%s", warning)
@@ -322,38 +281,6 @@ class Predictor:
         prepared = self._prepare(image, geometry, case_id, preprocess, files=files)
         prepared.seconds = time.monotonic() - t0
         return prepared
-
-    def _check_dimensionality(self, prepared: PreparedCase, source: str) -> None:
-        """A 2D image for networks trained on 3D images, or a volume (more than one slice) for networks
-        trained on 2D images, is refused (AutosegError). A single slice with a real spacing (a 3D file
-        of one slice, an array given with a (z, y, x) spacing) passes for a 2D image."""
-        g = prepared.geometry
-        if self.image_ndim == 3:
-            image_ndim = 2 if g.ndim == 2 or (g.shape_zyx[0] == 1 and is_dummy_spacing(g.spacing_zyx[0])) else 3
-        else:
-            image_ndim = 2 if g.shape_zyx[0] == 1 else 3
-        if image_ndim == self.image_ndim:
-            return
-        nets = f"the networks ({', '.join(self.stages)}) were trained on {self.image_ndim}D images"
-        if image_ndim == 2:
-            found = f"{source} is a 2D image (size {g.size})"
-            todo = "predict 3D images (volumes) with this work folder, or train one on 2D images"
-        else:
-            found = f"{source} is a 3D image ({g.shape_zyx[0]} slices, size {g.size})"
-            todo = "predict 2D images (one file per slice) with this work folder, or train one on 3D images"
-        raise AutosegError(f"case {prepared.case_id}: {found}, but {nets} (dataset {self.plans.dataset_name}); {todo}")
-
-    def _dataset_ndim(self) -> int:
-        """2 when the networks were trained on 2D images: every configuration has the 2D dummy spacing
-        on axis 0 (the planner keeps it), or the dataset manifest says so; else 3."""
-        if all(is_dummy_spacing(c.spacing_zyx_mm[0]) for c in self.plans.configurations.values()):
-            return 2
-        if self.workdir.manifest_json.is_file():
-            try:
-                return 2 if self.store.manifest().ndim == 2 else 3
-            except AutosegError:
-                pass
-        return 3
 
     def _preprocess(self, prepared: PreparedCase, name: str) -> tuple[np.ndarray, CaseProperties]:
         from ..preprocessing.preprocess import preprocess_arrays
