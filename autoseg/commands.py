@@ -121,7 +121,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations-per-epoch", type=int, default=None, metavar="N")
     p.add_argument("--validation-iterations", type=int, default=None, metavar="N",
                    help="validation patches batches per epoch (pseudo-Dice)")
-    p.add_argument("--lr", type=float, default=None, help="initial learning rate (default 0.01)")
+    p.add_argument("--recipe", choices=["auto", "nnunet", "short"], default=None,
+                   help="optimizer and learning-rate schedule: nnunet (SGD momentum 0.99, lr 0.01, poly decay) or "
+                        "short (AdamW lr 2e-3, linear decay, 5%% warm-up); default auto: short when the training "
+                        "is expected to run fewer than 20,000 iterations (a time budget on a CPU), else nnunet")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--oversample-fraction", type=float, default=None, metavar="F",
@@ -148,6 +152,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--fold must be a fold number (0..4) or 'all', not '{fold}'")
     overrides = {"epochs": args.epochs, "iterations_per_epoch": args.iterations_per_epoch,
                  "validation_iterations_per_epoch": args.validation_iterations, "initial_lr": args.lr,
+                 "recipe": args.recipe,
                  "batch_size": args.batch_size, "seed": args.seed,
                  "foreground_oversample_fraction": args.oversample_fraction, "device": args.device,
                  "precision": args.precision, "time_budget_s": args.time_budget,

@@ -528,6 +528,8 @@ class TrainingSettings:
     lr_shape: str = "poly"  # registered decay shape (training/schedule.py): "poly" (exponent poly_exponent), "linear"
     warmup_fraction: float = 0.0  # linear lr warm-up over this fraction of the training (time or iterations)
     optimizer: Optimizer = "sgd"  # "sgd" (Nesterov, momentum) or "adamw" (betas (momentum, 0.999))
+    recipe: str = "nnunet"  # training/recipe.py: which recipe set optimizer, lr, decay shape and warm-up
+    recipe_reason: str = ""  # why (chosen from the iterations the training is expected to run, or --recipe)
 
     _migrate = staticmethod(lambda data: _renamed(data, plans_hash="configuration_hash"))
 

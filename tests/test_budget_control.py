@@ -66,6 +66,7 @@ class Simulation:
         train_ids, val_ids = fold_cases(load_json(Splits, wd.splits_json), 0)
         settings = resolve_training_settings(plans, config, "0", {
             "time_budget_s": BUDGET_S, "device": "cpu", "precision": "fp32", "num_workers": 0, "initial_lr": LR,
+            "recipe": "nnunet",  # the schedule's mechanics below are checked against poly decay, no warm-up
             "iterations_per_epoch": IPE, "validation_iterations_per_epoch": 1, "checkpoint_every_s": 1e9,
             **overrides})
         self.wd, self.clock, self.step_s = wd, clock, step_s

@@ -67,7 +67,8 @@ def test_kill_and_resume_continues_from_checkpoint(planned: Path, capsys) -> Non
     assert 2 <= epoch_at_kill < EPOCHS
     records_at_kill = ckpt["state"]["log"]
 
-    # the trainer restores epoch counter, log and optimizer state (momentum buffers) from the checkpoint
+    # the trainer restores epoch counter, log and optimizer state (momentum buffers, or Adam's moments:
+    # this short training runs the short-schedule recipe) from the checkpoint
     plans = load_plans(planned)
     config = plans.configuration("3d_fullres")
     train_ids, val_ids = fold_cases(load_json(Splits, wd.splits_json), 0)
@@ -79,7 +80,10 @@ def test_kill_and_resume_continues_from_checkpoint(planned: Path, capsys) -> Non
     saved = ckpt["optimizer"]["state"]
     assert restored and set(restored) == set(saved)
     for k in saved:
-        assert torch.equal(restored[k]["momentum_buffer"], saved[k]["momentum_buffer"])
+        tensors = [name for name, v in saved[k].items() if isinstance(v, torch.Tensor) and v.numel() > 1]
+        assert tensors  # momentum_buffer (SGD) or exp_avg, exp_avg_sq (AdamW)
+        for name in tensors:
+            assert torch.equal(restored[k][name], saved[k][name])
     assert trainer.scheduler.state_dict() == ckpt["scheduler"]
 
     # the same command again: only the remaining epochs run, and the log continues without gaps
@@ -208,3 +212,32 @@ def test_adamw_recipe_trains_and_resumes_with_its_own_optimizer(planned: Path) -
     with pytest.raises(Exception, match="optimizer"):
         resolve_training_settings(load_plans(planned), load_plans(planned).configuration("3d_fullres"), "1",
                                   {"optimizer": "adam"})
+
+
+def test_the_recipe_follows_the_iterations_the_training_will_run(planned: Path) -> None:
+    """training/recipe.py: a budgeted CPU training (a few thousand iterations at most) gets the short-schedule
+    recipe, a long epoch schedule nnU-Net's; --recipe and single settings (--lr) win; a resumed training keeps
+    its recipe."""
+    from autoseg.training.recipe import RECIPES, SHORT_SCHEDULE_MAX_ITERATIONS
+
+    plans = load_plans(planned)
+    cfg = plans.configuration("3d_fullres")
+    budgeted = resolve_training_settings(plans, cfg, "0", {"time_budget_s": 600.0, "device": "cpu"})
+    assert budgeted.recipe == "short" and budgeted.optimizer == "adamw" and budgeted.lr_shape == "linear"
+    assert "iterations" in budgeted.recipe_reason and str(SHORT_SCHEDULE_MAX_ITERATIONS) in budgeted.recipe_reason
+    long = resolve_training_settings(plans, cfg, "0", {"epochs": 1000, "device": "cpu"})
+    assert long.recipe == "nnunet" and long.optimizer == "sgd" and long.momentum == 0.99
+    assert "1000 epochs x 250 iterations" in long.recipe_reason
+    chosen = resolve_training_settings(plans, cfg, "0", {"time_budget_s": 600.0, "device": "cpu",
+                                                         "recipe": "nnunet", "initial_lr": 0.02})
+    assert chosen.recipe == "nnunet" and chosen.optimizer == "sgd" and chosen.initial_lr == 0.02
+    with pytest.raises(Exception, match="recipe 'fast' is unknown"):
+        resolve_training_settings(plans, cfg, "0", {"recipe": "fast", "device": "cpu"})
+    # a resumed training keeps the recipe it started with, even when the budget would now choose another
+    wd = Workdir(planned)
+    path = wd.train_settings_json("3d_fullres", 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from autoseg.schemas import save_json
+    save_json(long, path)
+    resumed = resolve_training_settings(plans, cfg, "0", {"time_budget_s": 600.0, "device": "cpu"}, existing=path)
+    assert resumed.recipe == "nnunet" and resumed.optimizer == RECIPES["nnunet"]["optimizer"]

@@ -78,11 +78,30 @@ def resolve_training_settings(plans: Plans, config: ConfigurationPlan, fold: str
     if "epochs" in clean and "time_budget_s" not in clean:
         clean["time_budget_s"] = None  # an explicit epoch count wins over the planned budget
     base.update(clean)
+    fresh = existing is None or not existing.exists()
+    if fresh or "recipe" in clean:  # a resumed training keeps its recipe unless --recipe is given again
+        _apply_recipe(config, base, clean)
     base["overrides"] = {**(base.get("overrides") or {}), **clean}
     if base["precision"] == "fp16" and not str(base["device"]).startswith("cuda"):
         raise AutosegError(f"--precision fp16 needs a CUDA device, but training runs on {base['device']}; "
                            f"use --precision bf16 (CPUs with native bf16), fp32, or auto")
     return from_dict(TrainingSettings, base, where="training settings")
+
+
+def _apply_recipe(config: ConfigurationPlan, base: dict, clean: dict) -> None:
+    """Set the recipe's optimizer and schedule (``training/recipe.py``) in ``base``; a setting the user
+    gave (e.g. --lr) wins over the recipe's."""
+    from ..training.recipe import RECIPES, choose_recipe
+
+    name = clean.get("recipe", "auto")
+    if name == "auto":
+        name, reason = choose_recipe(config, base)
+    elif name in RECIPES:
+        reason = f"recipe {name} (--recipe {name})"
+    else:
+        raise AutosegError(f"recipe '{name}' is unknown; expected auto or one of {', '.join(RECIPES)}")
+    base.update({k: v for k, v in RECIPES[name].items() if k not in clean})
+    base["recipe"], base["recipe_reason"] = name, reason
 
 
 @dataclass(frozen=True)
@@ -150,6 +169,8 @@ def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides:
         _warn_if_smaller_device(plans, settings.device)
         store.save(settings, settings_path)
         log.info("training %s fold %s: %s", config.name, fold, budget_line(plans, settings))
+        if settings.recipe_reason:
+            log.info("training %s fold %s: %s", config.name, fold, settings.recipe_reason)
         log.info("training %s fold %s on %s (%s): %d training / %d validation cases", config.name, fold,
                  settings.device, settings.precision, len(train_ids), len(val_ids))
         trainer = Trainer(wd, config, settings, train_ids, val_ids, progress=progress,
