@@ -218,6 +218,15 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-uncertainty", action="store_true",
                    help="also write a per-voxel map of disagreement between the ensemble members")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
+    p.add_argument("--checkpoint", choices=["final", "best"], default="final",
+                   help="the networks' weights: final (end of training, default) or best (best EMA pseudo-Dice)")
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="skip cases whose segmentation in OUTPUT was written by this same model (checked in its "
+                        "prediction_info*.json, not by file name)")
+    p.add_argument("--num-parts", type=int, default=1, metavar="N",
+                   help="split the cases (sorted by id, dealt out round-robin) into N parts for N processes or "
+                        "machines; with --part-id")
+    p.add_argument("--part-id", type=int, default=0, metavar="K", help="which part this process predicts, 0..N-1")
     _common(p)
     p.set_defaults(func=_cmd_predict)
 
@@ -240,7 +249,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     result = predict(args.workdir, args.input, args.output, configurations=args.configurations, folds=folds,
                      fast=args.fast, step_size=args.step_size, mirror=False if args.no_mirroring else None,
                      save_probabilities=args.save_probabilities, save_uncertainty=args.save_uncertainty,
-                     device=args.device, progress=not args.no_progress, num_workers=args.num_workers)
+                     device=args.device, progress=not args.no_progress, num_workers=args.num_workers,
+                     checkpoint=args.checkpoint, num_parts=args.num_parts, part_id=args.part_id, resume=args.resume)
     if result.find_best is not None:
         print(result.find_best.ranking)
     print(f"predicted {len(result.predicted_cases)} case(s) into {args.output} with "

@@ -12,7 +12,7 @@ import autoseg.inference.predictor as predictor_module
 from autoseg.cli import main
 from autoseg.data.image_io import read_image, read_image_info, read_label
 from autoseg.errors import AutosegError
-from autoseg.inference.predict_cases import PREDICTION_INFO_JSON
+from autoseg.inference.partial import PREDICTION_INFO_JSON
 from autoseg.inference.predictor import Predictor
 from autoseg.training.validation import _with_previous_stage
 from autoseg.store import load_manifest, load_plans

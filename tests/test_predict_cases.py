@@ -14,7 +14,8 @@ from autoseg.cli import main
 from autoseg.data.image_io import read_image, read_image_info, read_label, write_image
 from autoseg.errors import AutosegError
 from autoseg.model.export import load_probabilities
-from autoseg.inference.predict_cases import PREDICTION_INFO_JSON, predict_cases
+from autoseg.inference.partial import PREDICTION_INFO_JSON
+from autoseg.inference.predict_cases import predict_cases
 from autoseg.store import load_plans, plans_hash
 from tests.synthetic import case_id, make_synthetic_dataset
 
@@ -213,3 +214,58 @@ def test_cli_mirroring_and_step_size(two_channel, tmp_path, capsys):
     info = json.loads((out / PREDICTION_INFO_JSON).read_text())
     assert info["mirroring"] is False and info["step_size"] == 0.8 and info["fast"] is False
     assert info["folds"] == [0] and info["num_workers"] == 1
+
+
+def test_cli_parts_together_write_exactly_what_one_run_writes(two_channel, tmp_path):
+    wd, ds = two_channel
+    base = ["predict", "--workdir", str(wd), "-i", str(ds / "imagesTs"), "-c", "3d_fullres", "--folds", "0",
+            "--no-progress", "--device", "cpu", "--num-workers", "1"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert main([*base, "-o", str(whole)]) == 0
+    for k in (0, 1):
+        assert main([*base, "-o", str(parts), "--num-parts", "2", "--part-id", str(k)]) == 0
+    segs = sorted(p.name for p in whole.glob("*.nii.gz"))
+    assert len(segs) == 4 and sorted(p.name for p in parts.glob("*.nii.gz")) == segs
+    for name in segs:
+        a, b = read_label(whole / name)[0], read_label(parts / name)[0]
+        assert np.array_equal(a, b), name
+    infos = [json.loads((parts / f"prediction_info.part-{k}-of-2.json").read_text()) for k in (0, 1)]
+    assert [i["predicted_cases"] for i in infos] == [[case_id(6), case_id(8)], [case_id(7), case_id(9)]]
+    assert not (parts / PREDICTION_INFO_JSON).exists()
+    assert main([*base, "-o", str(parts), "--num-parts", "2", "--part-id", "2"]) == 1  # K must be < N
+
+
+def test_cli_continue_skips_only_cases_of_the_same_model(two_channel, tmp_path, caplog):
+    import logging
+
+    wd, ds = two_channel
+    out = tmp_path / "out"
+    base = ["predict", "--workdir", str(wd), "-i", str(ds / "imagesTs"), "-o", str(out), "-c", "3d_fullres",
+            "--no-progress", "--device", "cpu", "--num-workers", "1"]
+    assert main([*base, "--folds", "0", "--num-parts", "2", "--part-id", "0"]) == 0  # "interrupted" half-way
+    first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
+    assert len(first) == 2
+    with caplog.at_level(logging.INFO):
+        assert main([*base, "--folds", "0", "--continue"]) == 0
+    assert "2 case(s) already predicted by this model are kept, 2 to predict" in caplog.text
+    info = json.loads((out / PREDICTION_INFO_JSON).read_text())
+    assert sorted(info["kept_from_before"]) == sorted(n.removesuffix(".nii.gz") for n in first)
+    assert len(info["predicted_cases"]) == 4
+    assert all((out / n).stat().st_mtime_ns == t for n, t in first.items())  # not written again
+    # another model (fold 1 instead of fold 0): nothing is kept, whatever the file names say
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main([*base, "--folds", "1", "--continue"]) == 0
+    assert "was made by another model (folds differ)" in caplog.text
+    assert json.loads((out / PREDICTION_INFO_JSON).read_text())["kept_from_before"] == []
+
+
+def test_cli_checkpoint_best_is_used_and_recorded(two_channel, tmp_path):
+    wd, ds = two_channel
+    out = tmp_path / "best"
+    assert main(["predict", "--workdir", str(wd), "-i", str(ds / "imagesTs"), "-o", str(out), "-c", "3d_fullres",
+                 "--folds", "0", "--checkpoint", "best", "--no-progress", "--device", "cpu"]) == 0
+    assert json.loads((out / PREDICTION_INFO_JSON).read_text())["checkpoint"] == "best"
+    with pytest.raises(SystemExit) as e:
+        main(["predict", "--workdir", str(wd), "-i", str(ds / "imagesTs"), "-o", str(out), "--checkpoint", "latest"])
+    assert e.value.code == 2

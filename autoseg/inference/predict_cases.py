@@ -32,11 +32,11 @@ from ..errors import AutosegError
 from ..schemas import CaseFiles, to_dict
 from ..store import RunStore, file_hash
 from .case_io import case_output_paths
+from .partial import check_parts, info_name, model_signature, predicted_before
 from .predictor import PredictionResult, Predictor, PreparedCase
 
 log = logging.getLogger(__name__)
 
-PREDICTION_INFO_JSON = "prediction_info.json"
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
@@ -250,7 +250,8 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
                   fast: bool = False, step_size: float | None = None, mirror: bool | None = None,
                   save_probabilities: bool = False, save_uncertainty: bool = False,
                   device: str | None = None, progress: bool = True, precision: str = "auto",
-                  checkpoint: str = "final", num_workers: int | None = None) -> dict[str, Any]:
+                  checkpoint: str = "final", num_workers: int | None = None, num_parts: int = 1,
+                  part_id: int = 0, resume: bool = False) -> dict[str, Any]:
     """Predict every case of ``inputs`` into ``output_dir``; returns what prediction_info.json holds.
 
     ``inputs``: a folder in imagesTs layout (channel count from the plans, file ending from the
@@ -259,6 +260,8 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
     ``device``/``precision``/``checkpoint``: see :class:`~autoseg.inference.predictor.Predictor`
     (None: the selection's winner). ``num_workers``: threads working on cases at once, the
     networks' included (1: one case after the other; None: :func:`default_num_workers`).
+    ``num_parts``/``part_id``: predict only this part of the cases, ``resume``: skip the cases this model
+    predicted before (see :mod:`autoseg.inference.partial`).
 
     A failed case leaves no output file (an older prediction of it in ``output_dir``, with its
     ``.npz`` and uncertainty files, is removed, so that every prediction there comes from the
@@ -291,12 +294,42 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
             raise AutosegError(f"input {', '.join(missing[:5])} does not exist; pass a folder of "
                                f"<case>_0000{manifest.file_ending} images or existing image files")
         jobs = _single_files(files)
+    check_parts(num_parts, part_id)
+    if num_parts > 1:  # round-robin over the sorted case ids, failed groupings included
+        mine = set(sorted({c.case_id for c, _ in jobs} | set(failed))[part_id::num_parts])
+        jobs = [j for j in jobs if j[0].case_id in mine]
+        failed = {k: v for k, v in failed.items() if k in mine}
+        log.info("part %d of %d: %d case(s)", part_id, num_parts, len(jobs) + len(failed))
     if num_workers is not None and num_workers < 1:
         raise AutosegError(f"--num-workers {num_workers}: expected 1 or more (1 predicts one case after the other)")
 
     predictor = Predictor(workdir, configurations=configurations, folds=folds, device=device,
                           precision=precision, fast=fast, step_size=step_size, mirror=mirror,
                           checkpoint=checkpoint)
+    model = {
+        "workdir": str(Path(workdir).resolve()),
+        "configurations": list(predictor.configurations),
+        "previous_stages": dict(predictor.previous_stages),
+        "folds": list(predictor.folds),
+        "checkpoint": predictor.checkpoint,
+        "step_size": predictor.step_size,
+        "mirroring": predictor.mirror,
+        "postprocessing": to_dict(predictor.postprocessing),
+        "plans_hash": predictor.plans_hash,
+        # the selection.json it followed (content hash), so a later run can tell whether it still holds
+        "selection_hash": (file_hash(store.wd.selection_json) if predictor.selection_winner is not None
+                           and store.wd.selection_json.exists() else None),
+    }
+    kept: list[str] = []
+    if resume and output_dir.is_dir():
+        done, ignored = predicted_before(output_dir, model_signature(model))
+        for reason in ignored:
+            log.info("--continue: %s; its cases are predicted again", reason)
+        kept = sorted(c.case_id for c, ending in jobs
+                      if c.case_id in done and (output_dir / f"{c.case_id}{ending}").is_file())
+        jobs = [j for j in jobs if j[0].case_id not in kept]
+        log.info("--continue: %d case(s) already predicted by this model are kept, %d to predict", len(kept),
+                 len(jobs))
     output_dir.mkdir(parents=True, exist_ok=True)
     for case_id, message in failed.items():  # misnamed files, channel gaps: no older output may stay
         _remove_outputs(output_dir / f"{case_id}{manifest.file_ending}")
@@ -310,30 +343,21 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
 
     info = {
         "autoseg_version": __version__,
-        "workdir": str(Path(workdir).resolve()),
         "inputs": str(Path(inputs).resolve()) if isinstance(inputs, (str, Path)) else [str(p) for p in inputs],
-        "configurations": list(predictor.configurations),
-        "previous_stages": dict(predictor.previous_stages),
+        **model,
         "selection_winner": predictor.selection_winner,
-        "folds": list(predictor.folds),
-        "checkpoint": predictor.checkpoint,
-        "step_size": predictor.step_size,
-        "mirroring": predictor.mirror,
         "fast": predictor.fast,
-        "postprocessing": to_dict(predictor.postprocessing),
-        "plans_hash": predictor.plans_hash,
-        # the selection.json it followed (content hash), so a later run can tell whether it still holds
-        "selection_hash": (file_hash(store.wd.selection_json) if predictor.selection_winner is not None
-                           and store.wd.selection_json.exists() else None),
+        "part": {"num_parts": num_parts, "part_id": part_id},
         "device": str(predictor.device),
         "precision": dict(predictor.precisions),
         "num_workers": workers,
         "seconds_per_case": seconds,
         "total_seconds": round(time.monotonic() - t_start, 3),
-        "predicted_cases": sorted(seconds),
+        "predicted_cases": sorted(set(seconds) | set(kept)),
+        "kept_from_before": kept,  # --continue: predicted earlier by this same model, not again
         "failed_cases": dict(sorted(failed.items())),
     }
-    atomic_write_json(output_dir / PREDICTION_INFO_JSON, info)
+    atomic_write_json(output_dir / info_name(num_parts, part_id), info)
     log.info("predicted %d case(s) into %s%s", len(seconds), output_dir,
              f"; {len(failed)} failed" if failed else "")
     if failed:

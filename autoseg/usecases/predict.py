@@ -22,7 +22,7 @@ class PredictResult:
     predicted_cases: list[str]
     failed_cases: dict[str, str]
     total_seconds: float
-    info_path: Path  # prediction_info.json
+    info_path: Path  # prediction_info.json (prediction_info.part-K-of-N.json for a part)
     info: dict[str, Any] = field(repr=False, default_factory=dict)  # everything prediction_info.json holds
     find_best: FindBestResult | None = None  # when it had to run first
 
@@ -31,9 +31,14 @@ def predict(workdir: str | Path, inputs: str | Path | Sequence[str | Path], outp
             configurations: Sequence[str] | None = None, folds: Sequence[int | str] | None = None,
             fast: bool = False, step_size: float | None = None, mirror: bool | None = None,
             save_probabilities: bool = False, save_uncertainty: bool = False, device: str | None = None,
-            progress: bool = True, num_workers: int | None = None) -> PredictResult:
-    """Predict every case of ``inputs`` into ``output_dir`` (see :func:`autoseg.inference.predict_cases.predict_cases`)."""
-    from ..inference.predict_cases import PREDICTION_INFO_JSON, predict_cases
+            progress: bool = True, num_workers: int | None = None, checkpoint: str = "final",
+            num_parts: int = 1, part_id: int = 0, resume: bool = False) -> PredictResult:
+    """Predict every case of ``inputs`` into ``output_dir`` (see :func:`autoseg.inference.predict_cases.predict_cases`;
+    ``checkpoint``: final or best; ``num_parts``/``part_id``/``resume``: :mod:`autoseg.inference.partial`)."""
+    from ..inference.partial import check_parts, info_name
+    from ..inference.predict_cases import predict_cases
+
+    check_parts(num_parts, part_id)  # before find-best runs
 
     ran = None
     if configurations is None and not RunStore(workdir).wd.selection_json.exists():
@@ -44,9 +49,10 @@ def predict(workdir: str | Path, inputs: str | Path | Sequence[str | Path], outp
     info = predict_cases(workdir, inputs, output_dir, configurations=configurations, folds=folds, fast=fast,
                          step_size=step_size, mirror=mirror, save_probabilities=save_probabilities,
                          save_uncertainty=save_uncertainty, device=device, progress=progress,
-                         num_workers=num_workers)
+                         num_workers=num_workers, checkpoint=checkpoint, num_parts=num_parts, part_id=part_id,
+                         resume=resume)
     out = Path(output_dir).resolve()
     return PredictResult(output_dir=out, configurations=list(info["configurations"]), folds=list(info["folds"]),
                          predicted_cases=list(info["predicted_cases"]), failed_cases=dict(info["failed_cases"]),
-                         total_seconds=float(info["total_seconds"]), info_path=out / PREDICTION_INFO_JSON,
+                         total_seconds=float(info["total_seconds"]), info_path=out / info_name(num_parts, part_id),
                          info=info, find_best=ran)

@@ -223,7 +223,7 @@ def _predict(store: RunStore, images: str | Path, out_dir: str | Path, *, progre
              device: str | None, report: Callable[[str], None], predict: Callable[..., Any]) -> Any:
     """Predict ``images`` with the selection, unless ``out_dir`` holds this selection's predictions of all of them."""
     from ..atomic import read_json
-    from ..inference.predict_cases import PREDICTION_INFO_JSON
+    from ..inference.partial import PREDICTION_INFO_JSON
     from ..store import file_hash, freshness
 
     info_path = Path(out_dir) / PREDICTION_INFO_JSON
