@@ -269,3 +269,23 @@ def test_cli_checkpoint_best_is_used_and_recorded(two_channel, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["predict", "--workdir", str(wd), "-i", str(ds / "imagesTs"), "-o", str(out), "--checkpoint", "latest"])
     assert e.value.code == 2
+
+
+def test_a_folder_that_mixes_formats_fails_those_cases_clearly(two_channel, tmp_path, capsys):
+    wd, ds = two_channel
+    inputs = tmp_path / "in"
+    shutil.copytree(ds / "imagesTs", inputs)
+    for channel in (0, 1):  # one case in NRRD instead of the dataset's NIfTI
+        src = inputs / f"{case_id(7)}_{channel:04d}.nii.gz"
+        image, geometry = read_image(src)
+        write_image(image, geometry, inputs / f"{case_id(7)}_{channel:04d}.nrrd")
+        src.unlink()
+    (inputs / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    code = main(["predict", "--workdir", str(wd), "-i", str(inputs), "-o", str(out), "-c", "3d_fullres",
+                 "--folds", "0", "--no-progress", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"case {case_id(7)}: {inputs / (case_id(7) + '_0000.nrrd')} is a '.nrrd' file, but this model's dataset " \
+           f"uses '.nii.gz' and a folder is read in that format only; convert the case's files to .nii.gz" in err
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == [f"{case_id(i)}.nii.gz" for i in (6, 8, 9)]

@@ -43,9 +43,13 @@ _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 def _group_folder(folder: Path, file_ending: str) -> tuple[list[CaseFiles], dict[str, str]]:
     """``<case>_<cccc><ending>`` files of ``folder`` -> (cases with contiguous channels, problems by case).
 
-    A case whose channel numbers have a gap, or a file with the right ending that is not named
-    ``<case>_<cccc>``, becomes a problem of that case (the other cases are still predicted).
+    A case whose channel numbers have a gap, a file with the right ending that is not named
+    ``<case>_<cccc>``, or a ``<case>_<cccc>`` image in another supported format (a folder that mixes
+    formats) becomes a problem of that case (the other cases are still predicted). Other files are
+    ignored with a warning.
     """
+    from ..data.image_io import SUPPORTED_ENDINGS, ending_of
+
     grouped: dict[str, dict[int, str]] = {}
     problems: dict[str, str] = {}
     other_endings: set[str] = set()
@@ -53,6 +57,14 @@ def _group_folder(folder: Path, file_ending: str) -> tuple[list[CaseFiles], dict
         if entry.name.startswith(".") or not entry.is_file():
             continue
         if not entry.name.endswith(file_ending):
+            ending = ending_of(entry.name)
+            m = _CHANNEL_FILE.match(entry.name[: -len(ending)] if ending else entry.name)
+            if ending in SUPPORTED_ENDINGS and m is not None:  # an image of this folder, in another format
+                problems.setdefault(m["case"], (
+                    f"case {m['case']}: {folder / entry.name} is a '{ending}' file, but this model's dataset uses "
+                    f"'{file_ending}' and a folder is read in that format only; convert the case's files to "
+                    f"{file_ending}"))
+                continue
             other_endings.add(Path(entry.name).suffix or entry.name)
             continue
         stem = entry.name[: -len(file_ending)]
@@ -71,6 +83,8 @@ def _group_folder(folder: Path, file_ending: str) -> tuple[list[CaseFiles], dict
                            + (f"; found files ending in {', '.join(sorted(other_endings))}" if other_endings else ""))
     cases = []
     for case_id in sorted(grouped):
+        if case_id in problems:  # e.g. one of its channels in another format: the case fails as a whole
+            continue
         files = grouped[case_id]
         gaps = [i for i in range(max(files) + 1) if i not in files]
         if gaps:
