@@ -39,6 +39,11 @@ class Workdir:
         return self.root / "dataset_manifest.json"
 
     @property
+    def plan_lock(self) -> Path:
+        """Held exclusively by `autoseg plan`, shared by trainings and find-best (autoseg/locks.py)."""
+        return self.root / ".plan.lock"
+
+    @property
     def file_digests_json(self) -> Path:
         """Content digests of the dataset's files by size and mtime (autoseg.data.file_digests): freshness
         is judged on bytes, and unchanged files are not read twice."""

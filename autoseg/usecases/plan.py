@@ -17,6 +17,9 @@ from ..store import RunStore, freshness, plans_hash
 
 log = logging.getLogger(__name__)
 
+PLAN_LOCK_HINT = ("`autoseg plan` or trainings are running on this work folder, and planning now could change the "
+                  "plans and data they read; wait for them to end, or plan into another --workdir")
+
 
 @dataclass(frozen=True)
 class PlanResult:
@@ -129,6 +132,7 @@ def plan_dataset(dataset_dir: str | Path, workdir: str | Path, *, planner: str =
     from ..atomic import atomic_write_text
     from ..data.dataset import load_dataset
     from ..data.file_digests import FileDigests
+    from ..locks import exclusive
     from ..hardware import detect_hardware, resolve_device
     from ..planning.base import check_time_budget
     from ..planning.explain import explain_plans
@@ -144,22 +148,24 @@ def plan_dataset(dataset_dir: str | Path, workdir: str | Path, *, planner: str =
     log.info("dataset OK: %d training cases, %d channel(s), labels %s", len(manifest.cases),
              manifest.num_channels, manifest.labels)
 
-    store.save(manifest, store.wd.manifest_json)
-    digests.save()
-    fp = _fingerprint(manifest, store, num_workers=num_workers, progress=progress, overwrite=overwrite)
-    speed = None
-    if measure_cpu and cpu_gflops is None and resolve_device(device, gpu_memory_gb) == "cpu":
-        from ..training.speed_probe import cpu_speed_for_planning
+    # one `autoseg plan` at a time, and none while trainings read the plan and the preprocessed data
+    with exclusive(store.wd.plan_lock, f"work folder {store.root}", hint=PLAN_LOCK_HINT):
+        store.save(manifest, store.wd.manifest_json)
+        digests.save()
+        fp = _fingerprint(manifest, store, num_workers=num_workers, progress=progress, overwrite=overwrite)
+        speed = None
+        if measure_cpu and cpu_gflops is None and resolve_device(device, gpu_memory_gb) == "cpu":
+            from ..training.speed_probe import cpu_speed_for_planning
 
-        speed, where = cpu_speed_for_planning(remeasure=remeasure_cpu)
-        log.info("CPU training speed %s", where)
-    hardware = detect_hardware(device=device, gpu_memory_gb=gpu_memory_gb, cpu_speed=speed, cpu_gflops=cpu_gflops)
-    plans = _plans(fp, hardware, time_budget_s, planner, store, overwrite=overwrite)
-    explained = explain_plans(plans)
-    atomic_write_text(store.wd.plans_explained_txt, "\n".join(explained) + "\n")
-    _splits([c.case_id for c in manifest.cases], store, splits_file=splits_file, seed=split_seed,
-            overwrite=overwrite)
-    for data_id, cfg in preprocessing_groups(plans).items():
-        log.info("preprocessing for %s (%s)", cfg.name, data_id)
-        preprocess_dataset(manifest, cfg, store.wd, num_workers=num_workers, progress=progress, overwrite=overwrite)
-    return PlanResult(workdir=store.root, plans=plans, explained=explained)
+            speed, where = cpu_speed_for_planning(remeasure=remeasure_cpu)
+            log.info("CPU training speed %s", where)
+        hardware = detect_hardware(device=device, gpu_memory_gb=gpu_memory_gb, cpu_speed=speed, cpu_gflops=cpu_gflops)
+        plans = _plans(fp, hardware, time_budget_s, planner, store, overwrite=overwrite)
+        explained = explain_plans(plans)
+        atomic_write_text(store.wd.plans_explained_txt, "\n".join(explained) + "\n")
+        _splits([c.case_id for c in manifest.cases], store, splits_file=splits_file, seed=split_seed,
+                overwrite=overwrite)
+        for data_id, cfg in preprocessing_groups(plans).items():
+            log.info("preprocessing for %s (%s)", cfg.name, data_id)
+            preprocess_dataset(manifest, cfg, store.wd, num_workers=num_workers, progress=progress, overwrite=overwrite)
+        return PlanResult(workdir=store.root, plans=plans, explained=explained)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import AutosegError, StaleArtifactError
 from ..hardware import format_duration
-from ..locks import exclusive
+from ..locks import exclusive, shared
 from ..schemas import SCHEMA_VERSION, ConfigurationPlan, FoldSummary, Plans, Splits, TrainingSettings, load_json
 from ..store import RunStore, State, configuration_hash
 from ..workdir import Workdir
@@ -161,7 +161,10 @@ def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides:
             f"changed since: {fresh.reason}). Delete that folder to train this fold again with the current "
             f"plans, or use another --workdir.")
     lock = wd.fold_dir(config.name, fold) / ".train.lock"
-    with exclusive(lock, f"{config.name} fold {fold} of {wd.root}",
+    with shared(wd.plan_lock, f"work folder {wd.root}",
+                hint="`autoseg plan` is running on it and may change the plans and data this training reads; "
+                     "wait for it to end, then train"), \
+         exclusive(lock, f"{config.name} fold {fold} of {wd.root}",
                    hint="two trainings of one fold would overwrite each other's checkpoints; wait for it to end, "
                         "or train another fold (different folds may run at the same time)"):
         settings = resolve_training_settings(plans, config, str(fold), overrides or {}, existing=settings_path)
