@@ -483,27 +483,33 @@ def _tmpfs_script_or_skip(tmp_path: Path, body: str) -> str:
     return done.stdout + done.stderr
 
 
+def _cli(name: str, *args: str) -> str:
+    """Shell lines that run `autoseg ARGS` and print NAME_RC=<exit code> and NAME_ERR=<stderr, lines joined by |>."""
+    err = f"$MNT/../{name.lower()}.err"
+    return (f"{sys.executable} -m autoseg {' '.join(str(a) for a in args)} 2>{err} >/dev/null\n"
+            f'echo "{name}_RC=$?"; echo "{name}_ERR=$(cat {err} | tr \'\\n\' \'|\')"\n')
+
+
+def _values(out: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line and line.split("=", 1)[0].isupper())
+
+
 def test_a_real_full_disk_fails_plan_train_and_predict_in_one_line(run2d, tmp_path):
     """On a tmpfs that is really full: plan, train and predict each end with one line naming the path and
     'No space left on device', exit code 1, and leave nothing that looks complete."""
     wd, ds = run2d
-    py = sys.executable
-    fill = "dd if=/dev/zero of=$MNT/filler bs=64k 2>/dev/null; sync"
-    out = _tmpfs_script_or_skip(tmp_path, f"""
-{py} -m autoseg plan {ds} --workdir $MNT/run {' '.join(PLAN)} >/dev/null 2>&1; echo "PLAN_OK=$?"
-{fill}
-{py} -m autoseg train --workdir $MNT/run -c 2d --fold 0 {' '.join(TRAIN)} 2>$MNT/../train.err >/dev/null
-echo "TRAIN_RC=$?"; echo "TRAIN_ERR=$(cat $MNT/../train.err | tr '\\n' '|')"
-echo "FOLD_FILES=$(ls $MNT/run/results/2d/fold_0 2>/dev/null | tr '\\n' ' ')"
-{py} -m autoseg plan {ds} --workdir $MNT/run2 {' '.join(PLAN)} 2>$MNT/../plan.err >/dev/null
-echo "PLAN2_RC=$?"; echo "PLAN2_ERR=$(cat $MNT/../plan.err | tr '\\n' '|')"
-{py} -m autoseg predict --workdir {wd} -i {ds / 'imagesTs'} -o $MNT/out -c 2d --folds 0 --fast --no-progress \
-  --device cpu 2>$MNT/../predict.err >/dev/null
-echo "PREDICT_RC=$?"; echo "PREDICT_ERR=$(cat $MNT/../predict.err | tr '\\n' '|')"
-echo "OUT_FILES=$(ls $MNT/out 2>/dev/null | tr '\\n' ' ')"
-""")
-    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line and line.split("=", 1)[0].isupper())
-    assert values.get("PLAN_OK") == "0", out
+    predict = ("predict", "--workdir", wd, "-i", ds / "imagesTs", "-o", "$MNT/out", "-c", "2d", "--folds", "0", "--fast",
+               "--no-progress", "--device", "cpu")
+    out = _tmpfs_script_or_skip(tmp_path, (
+        _cli("PLAN", "plan", ds, "--workdir", "$MNT/run", *PLAN)
+        + "dd if=/dev/zero of=$MNT/filler bs=64k 2>/dev/null; sync\n"
+        + _cli("TRAIN", "train", "--workdir", "$MNT/run", "-c", "2d", "--fold", "0", *TRAIN)
+        + 'echo "FOLD_FILES=$(ls $MNT/run/results/2d/fold_0 2>/dev/null | tr \'\\n\' \' \')"\n'
+        + _cli("PLAN2", "plan", ds, "--workdir", "$MNT/run2", *PLAN)
+        + _cli("PREDICT", *predict)
+        + 'echo "OUT_FILES=$(ls $MNT/out 2>/dev/null | tr \'\\n\' \' \')"\n'))
+    values = _values(out)
+    assert values.get("PLAN_RC") == "0", out
     for step in ("TRAIN", "PLAN2", "PREDICT"):
         assert values[f"{step}_RC"] == "1", (step, out)
         stderr = values[f"{step}_ERR"].rstrip("|")
@@ -518,20 +524,16 @@ echo "OUT_FILES=$(ls $MNT/out 2>/dev/null | tr '\\n' ' ')"
 
 def test_a_real_read_only_mount_fails_plan_and_predict_in_one_line(run2d, tmp_path):
     wd, ds = run2d
-    py = sys.executable
-    out = _tmpfs_script_or_skip(tmp_path, f"""
-mkdir -p $MNT/out; mount -o remount,ro $MNT
-{py} -m autoseg plan {ds} --workdir $MNT/run {' '.join(PLAN)} 2>$MNT/../plan.err >/dev/null
-echo "PLAN_RC=$?"; echo "PLAN_ERR=$(tail -n 1 $MNT/../plan.err)"
-{py} -m autoseg predict --workdir {wd} -i {ds / 'imagesTs'} -o $MNT/out -c 2d --folds 0 --fast --no-progress \
-  --device cpu 2>$MNT/../predict.err >/dev/null
-echo "PREDICT_RC=$?"; echo "PREDICT_ERR=$(tail -n 1 $MNT/../predict.err)"
-echo "TRACEBACKS=$(cat $MNT/../*.err | grep -c Traceback)"
-""")
-    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line and line.split("=", 1)[0].isupper())
+    out = _tmpfs_script_or_skip(tmp_path, (
+        "mkdir -p $MNT/out; mount -o remount,ro $MNT\n"
+        + _cli("PLAN", "plan", ds, "--workdir", "$MNT/run", *PLAN)
+        + _cli("PREDICT", "predict", "--workdir", wd, "-i", ds / "imagesTs", "-o", "$MNT/out", "-c", "2d", "--folds",
+               "0", "--fast", "--no-progress", "--device", "cpu")
+        + 'echo "TRACEBACKS=$(cat $MNT/../*.err | grep -c Traceback)"\n'))
+    values = _values(out)
     assert values.get("TRACEBACKS") == "0", out
     for step in ("PLAN", "PREDICT"):
         assert values[f"{step}_RC"] == "1", (step, out)
-        err = values[f"{step}_ERR"]
+        err = values[f"{step}_ERR"].rstrip("|").split("|")[-1]
         assert err.startswith("autoseg: error: cannot write") and "Read-only file system" in err, (step, err)
         assert str(tmp_path / "mnt") in err, (step, err)
