@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .errors import AutosegError, UsageError
 from .schemas import to_dict
@@ -126,6 +127,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "short (AdamW lr 2e-3, linear decay, 5%% warm-up); default auto: short when the training "
                         "is expected to run fewer than 20,000 iterations (a time budget on a CPU), else nnunet")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--pretrained", default=None, metavar="PATH",
+                   help="fine-tune: start from the weights of another autoseg model (a checkpoint file or a fold "
+                        "folder RUN/results/CONFIG/fold_K) with the same network topology and input channels; "
+                        "segmentation heads are re-initialised when the classes differ")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--oversample-fraction", type=float, default=None, metavar="F",
@@ -153,6 +158,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = {"epochs": args.epochs, "iterations_per_epoch": args.iterations_per_epoch,
                  "validation_iterations_per_epoch": args.validation_iterations, "initial_lr": args.lr,
                  "recipe": args.recipe,
+                 "pretrained": None if args.pretrained is None else str(Path(args.pretrained).resolve()),
                  "batch_size": args.batch_size, "seed": args.seed,
                  "foreground_oversample_fraction": args.oversample_fraction, "device": args.device,
                  "precision": args.precision, "time_budget_s": args.time_budget,

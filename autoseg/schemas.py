@@ -530,6 +530,7 @@ class TrainingSettings:
     optimizer: Optimizer = "sgd"  # "sgd" (Nesterov, momentum) or "adamw" (betas (momentum, 0.999))
     recipe: str = "nnunet"  # training/recipe.py: which recipe set optimizer, lr, decay shape and warm-up
     recipe_reason: str = ""  # why (chosen from the iterations the training is expected to run, or --recipe)
+    pretrained: str | None = None  # fine-tuning: start the first run from this checkpoint / fold folder's weights
 
     _migrate = staticmethod(lambda data: _renamed(data, plans_hash="configuration_hash"))
 

@@ -56,6 +56,7 @@ class TrainState:
     final_validation_s: float | None = None  # time budget: estimated seconds of the final validation
     # time budget: how the final validation predicts (mirror, step_size, estimated_s, reason); None: thoroughly
     final_validation: dict[str, Any] | None = None
+    pretrained: dict[str, Any] | None = None  # fine-tuning: the model the first run started from (model/pretrained.py)
     precision: str | None = None  # resolved precision ("auto" is measured once, then fixed)
     precision_probe: dict[str, float] = field(default_factory=dict)  # measured s/iteration per precision
     ema_dice: float | None = None
@@ -115,6 +116,14 @@ class Trainer:
         resumed = self._resume(stamp)  # a bad checkpoint is moved aside: the previous good one, or none
         if resumed is None:
             self._set_aside_old_records(stamp)  # starting over: a new log, not epochs 1, 1, 2, ...
+            if self.settings.pretrained:  # fine-tuning: the first run starts from another model's weights
+                from dataclasses import asdict
+
+                from ..model.pretrained import load_pretrained
+
+                loaded = load_pretrained(self.settings.pretrained, self.network, what=f"{self.config.name}'s plan")
+                self.state.pretrained = asdict(loaded)
+                log.info("%s", loaded.describe())
         else:  # lines written after the checkpoint are dropped: the checkpoint is the truth
             rewrite_log(self.wd.training_log_jsonl(self.config.name, self.settings.fold), self.state.log)
             if resumed.name == self.wd.checkpoint(self.config.name, self.settings.fold, "final").name:

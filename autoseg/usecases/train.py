@@ -178,6 +178,10 @@ def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides:
                  settings.device, settings.precision, len(train_ids), len(val_ids))
         trainer = Trainer(wd, config, settings, train_ids, val_ids, progress=progress,
                           previous_stage_segs=previous_segs)
+        if settings.pretrained and not has_checkpoints:  # refuse a model that does not fit before any work
+            from ..model.pretrained import load_pretrained
+
+            load_pretrained(settings.pretrained, trainer.network, what=f"{config.name}'s plan in {wd.root}")
         state = run_training_guarded(trainer)  # bf16 on a CPU: fit() in a child process, fp32 again if it crashes
         summary = None
         if validate:
