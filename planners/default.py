@@ -39,7 +39,7 @@ DEFAULT_CPU_CONV_GFLOPS = 50.0  # raw conv throughput assumed when nothing was m
 #: Iterations a CPU training should reach within its time budget, and the least that is acceptable.
 TARGET_ITERATIONS_CPU = 1500
 MIN_ITERATIONS_CPU = 250
-#: Fraction of the available RAM a CPU training may use (the rest: data loading, OS, other work).
+#: Fraction of the machine's RAM a CPU plan may size a training for (the rest: data loading, OS, other work).
 RAM_HEADROOM = 0.75
 #: Label warnings: absent in more than this fraction of cases; median object smaller than this
 #: fraction of the patch volume; a label this many times rarer than another or under this share.
