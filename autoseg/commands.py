@@ -54,6 +54,10 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cpu-gflops", type=float, default=None, metavar="N",
                    help="plan for a CPU that trains U-Nets at N GFLOP/s instead of measuring this one "
                         "(a few seconds); e.g. to plan on one machine for another")
+    p.add_argument("--plans-from", default=None, metavar="OTHER_RUN",
+                   help="use another run's plans (spacing, normalization, patch, batch, network topology) for this "
+                        "dataset, as nnU-Net's plans transfer; its models can then be fine-tuned here (train "
+                        "--pretrained)")
     p.add_argument("--remeasure-cpu", action="store_true",
                    help="measure this CPU's training speed again instead of reusing the figure remembered for "
                         "it (~/.cache/autoseg/cpu_speed.json; $AUTOSEG_CACHE_DIR moves it): plans then change "
@@ -81,7 +85,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                          gpu_memory_gb=args.gpu_memory_gb, time_budget_s=args.time_budget,
                          splits_file=args.splits, num_workers=args.num_workers, cpu_gflops=args.cpu_gflops,
                          progress=not args.no_progress, overwrite=args.overwrite,
-                         remeasure_cpu=args.remeasure_cpu)
+                         remeasure_cpu=args.remeasure_cpu, plans_from=args.plans_from)
     plans = result.plans
     if args.explain:
         print("\n".join(result.explained))

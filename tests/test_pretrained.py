@@ -64,3 +64,26 @@ def test_a_model_of_other_input_channels_is_refused_naming_both_shapes(source, c
     assert not Workdir(run).checkpoint("3d_fullres", 0, "final").exists()
     assert main(["train", "--workdir", str(run), *TRAIN, "--pretrained", str(source / "nowhere")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_plans_from_another_run_make_its_models_fit(source, capsys):
+    """A dataset of other image sizes plans another topology by itself; with --plans-from it gets the
+    source run's, and the source model fine-tunes on it. Other channel counts are refused."""
+    target = make_synthetic_dataset(source / "Dataset083_Bigger", n_cases=5, shape=(24, 40, 40), n_labels=3, seed=5)
+    own, moved = source / "own", source / "moved"
+    assert main(["plan", str(target), "--workdir", str(own), *PLAN]) == 0
+    assert main(["plan", str(target), "--workdir", str(moved), "--plans-from", str(source / "src"), *PLAN]) == 0
+    src_cfg = load_plans(source / "src").configuration("3d_fullres")
+    own_cfg, moved_cfg = (load_plans(r).configuration("3d_fullres") for r in (own, moved))
+    assert own_cfg.network.features_per_stage != src_cfg.network.features_per_stage  # its own plan differs
+    assert moved_cfg.network.features_per_stage == src_cfg.network.features_per_stage
+    assert moved_cfg.patch_size == src_cfg.patch_size and moved_cfg.network.num_classes == 4
+    assert any(d.subject == "plans_from" for d in moved_cfg.decisions)
+    fold = source / "src" / "results" / "3d_fullres" / "fold_0"
+    assert main(["train", "--workdir", str(moved), *TRAIN, "--pretrained", str(fold)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--workdir", str(own), *TRAIN, "--pretrained", str(fold)]) == 1
+    assert "--plans-from" in capsys.readouterr().err  # the refusal says how to make a compatible plan
+    two = make_synthetic_dataset(source / "Dataset084_Two", n_cases=5, shape=(12, 16, 16), n_channels=2)
+    assert main(["plan", str(two), "--workdir", str(source / "two2"), "--plans-from", str(source / "src"), *PLAN]) == 1
+    assert "normalizes 1 image channel(s), this dataset (Dataset084_Two) has 2" in capsys.readouterr().err

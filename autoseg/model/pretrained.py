@@ -76,8 +76,9 @@ def load_pretrained(path: str | os.PathLike, network: torch.nn.Module, *, what: 
                       f" ({len(missing)} parameter(s) missing, {len(extra)} extra: another number of stages or "
                       f"convolutions)")
         raise AutosegError(f"--pretrained {source} does not fit {what}: {detail}. Fine-tuning needs the same network "
-                           f"topology and input channels; plan this dataset with the same patch, network and "
-                           f"channels as the model's run, or train from scratch")
+                           f"topology and input channels: plan this dataset with the model's plans "
+                           f"(`autoseg plan DATASET --workdir NEW_RUN --plans-from THE_MODEL'S_RUN`), or train "
+                           f"from scratch")
     heads = [k for k in target if k.startswith(HEAD_PREFIX)]
     head_fits = all(k in saved and tuple(saved[k].shape) == tuple(target[k].shape) for k in heads)
     copy = {k: v for k, v in saved.items() if k in target and (head_fits or not k.startswith(HEAD_PREFIX))}

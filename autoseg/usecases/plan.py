@@ -47,13 +47,31 @@ def _fingerprint(manifest: DatasetManifest, store: RunStore, *, num_workers: int
 
 
 def _plans(fp: Fingerprint, hardware: HardwareBudget, time_budget_s: float | None, planner_name: str,
-           store: RunStore, *, overwrite: bool) -> Plans:
+           store: RunStore, *, overwrite: bool, plans_from: str | Path | None = None) -> Plans:
     from ..planning.registry import get_planner
 
     wd = store.wd
-    new = get_planner(planner_name).plan(fp, hardware, time_budget_s=time_budget_s)
-    new = replace(new, planner=planner_name, autoseg_version=__version__,
-                  fingerprint_hash=stable_hash(fp), schema_version=SCHEMA_VERSION)
+    if plans_from is not None:
+        from ..planning.transfer import transfer_plans
+        from ..schemas import load_json
+        from ..store import load_plans
+
+        source = Path(plans_from)
+        if source.is_file():
+            other = load_json(Plans, source)
+        elif (source / "plans.json").is_file():
+            other = load_plans(source)
+        else:
+            raise AutosegError(f"--plans-from {source}: no plans.json there; give the work folder of another autoseg "
+                               f"run (or its plans.json)")
+        new = transfer_plans(other, fp, source)
+        if time_budget_s is not None:
+            new = replace(new, time_budget_s=float(time_budget_s), time_budget_given=True)
+        new = replace(new, autoseg_version=__version__, schema_version=SCHEMA_VERSION)
+    else:
+        new = get_planner(planner_name).plan(fp, hardware, time_budget_s=time_budget_s)
+        new = replace(new, planner=planner_name, autoseg_version=__version__,
+                      fingerprint_hash=stable_hash(fp), schema_version=SCHEMA_VERSION)
     if wd.plans_json.exists() and not overwrite:
         try:
             old = store.plans()
@@ -122,7 +140,7 @@ def plan_dataset(dataset_dir: str | Path, workdir: str | Path, *, planner: str =
                  time_budget_s: float | None = None, splits_file: str | Path | None = None,
                  split_seed: int = 12345, num_workers: int | None = None, progress: bool = True,
                  overwrite: bool = False, measure_cpu: bool = True, cpu_gflops: float | None = None,
-                 remeasure_cpu: bool = False) -> PlanResult:
+                 remeasure_cpu: bool = False, plans_from: str | Path | None = None) -> PlanResult:
     """validate → fingerprint → plan → split → preprocess. Safe to re-run: current outputs are kept.
 
     ``time_budget_s``: wall-clock seconds per training, recorded once in plans.json (on a CPU without
@@ -160,7 +178,7 @@ def plan_dataset(dataset_dir: str | Path, workdir: str | Path, *, planner: str =
             speed, where = cpu_speed_for_planning(remeasure=remeasure_cpu)
             log.info("CPU training speed %s", where)
         hardware = detect_hardware(device=device, gpu_memory_gb=gpu_memory_gb, cpu_speed=speed, cpu_gflops=cpu_gflops)
-        plans = _plans(fp, hardware, time_budget_s, planner, store, overwrite=overwrite)
+        plans = _plans(fp, hardware, time_budget_s, planner, store, overwrite=overwrite, plans_from=plans_from)
         explained = explain_plans(plans)
         atomic_write_text(store.wd.plans_explained_txt, "\n".join(explained) + "\n")
         _splits([c.case_id for c in manifest.cases], store, splits_file=splits_file, seed=split_seed,
