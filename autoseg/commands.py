@@ -146,6 +146,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
                    help="wall-clock budget for this training, e.g. 20m: the epoch count is sized from the "
                         "measured iteration time so that training and final validation end inside it")
+    p.add_argument("--continue-for", type=_duration, default=None, metavar="DURATION",
+                   help="continue a finished training for this much more time, e.g. 30m: a new phase from its final "
+                        "weights with a fresh schedule, recorded as the next phase in training_log.jsonl and "
+                        "progress.png (the earlier final checkpoint is kept as checkpoint_final.phaseN.pt)")
     p.add_argument("--checkpoint-every", type=_duration, default=None, metavar="DURATION",
                    help="also save checkpoint_latest.pt this often within an epoch (default 5m)")
     p.add_argument("--no-validation", action="store_true", help="skip the final full-resolution validation")
@@ -161,7 +165,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--fold must be a fold number (0..4) or 'all', not '{fold}'")
     overrides = {"epochs": args.epochs, "iterations_per_epoch": args.iterations_per_epoch,
                  "validation_iterations_per_epoch": args.validation_iterations, "initial_lr": args.lr,
-                 "recipe": args.recipe,
+                 "recipe": args.recipe, "continue_for": args.continue_for,
                  "pretrained": None if args.pretrained is None else str(Path(args.pretrained).resolve()),
                  "batch_size": args.batch_size, "seed": args.seed,
                  "foreground_oversample_fraction": args.oversample_fraction, "device": args.device,

@@ -241,3 +241,50 @@ def test_the_recipe_follows_the_iterations_the_training_will_run(planned: Path) 
     save_json(long, path)
     resumed = resolve_training_settings(plans, cfg, "0", {"time_budget_s": 600.0, "device": "cpu"}, existing=path)
     assert resumed.recipe == "nnunet" and resumed.optimizer == RECIPES["nnunet"]["optimizer"]
+
+
+def test_continue_for_adds_a_phase_to_a_finished_training(planned: Path, capsys) -> None:
+    """`autoseg train --continue-for`: a finished fold trains on from its final weights with a new schedule;
+    the log and progress.png go on as phase 2; the earlier final checkpoint is kept."""
+    wd = Workdir(planned)
+    base = ["train", "--workdir", str(planned), "-c", "3d_fullres", "--fold", "0", "--precision", "fp32",
+            "--num-workers", "0", "--no-progress", "--no-validation", "--validation-iterations", "1"]
+    assert main([*base, "--continue-for", "1m"]) == 1  # nothing finished yet
+    assert "nothing to continue: 3d_fullres fold 0" in capsys.readouterr().err
+    assert main([*base, "--epochs", "2", "--iterations-per-epoch", "2"]) == 0
+    phase1 = load_checkpoint(wd.checkpoint("3d_fullres", 0, "final"))
+    assert main([*base, "--continue-for", "15s"]) == 0
+    fold = wd.fold_dir("3d_fullres", 0)
+    kept = fold / "checkpoint_final.phase1.pt"
+    assert kept.is_file()
+    assert torch.equal(load_checkpoint(kept)["model"][next(iter(phase1["model"]))],
+                       phase1["model"][next(iter(phase1["model"]))])
+    final = load_checkpoint(wd.checkpoint("3d_fullres", 0, "final"))
+    assert final["state"]["phase"] == 2
+    records = [json.loads(line) for line in wd.training_log_jsonl("3d_fullres", 0).read_text().splitlines() if line]
+    assert [r["phase"] for r in records[:2]] == [1, 1] and [r["epoch"] for r in records[:2]] == [1, 2]
+    assert len(records) > 2 and all(r["phase"] == 2 for r in records[2:])
+    assert [r["epoch"] for r in records[2:]] == list(range(3, len(records) + 1))  # numbering goes on
+    assert wd.progress_png("3d_fullres", 0).is_file()
+    settings = load_json(TrainingSettings, wd.train_settings_json("3d_fullres", 0))
+    assert settings.time_budget_s == 15.0
+    assert main([*base, "--continue-for", "15s"]) == 0  # and once more: phase 3
+    assert (fold / "checkpoint_final.phase2.pt").is_file()
+    assert load_checkpoint(wd.checkpoint("3d_fullres", 0, "final"))["state"]["phase"] == 3
+
+
+def test_a_continuation_killed_before_its_first_checkpoint_starts_again(planned: Path, caplog) -> None:
+    import logging
+
+    wd = Workdir(planned)
+    base = ["train", "--workdir", str(planned), "-c", "3d_fullres", "--fold", "0", "--precision", "fp32",
+            "--num-workers", "0", "--no-progress", "--no-validation", "--validation-iterations", "1",
+            "--epochs", "2", "--iterations-per-epoch", "2"]
+    assert main(base) == 0
+    final = wd.checkpoint("3d_fullres", 0, "final")
+    final.rename(final.with_name("checkpoint_final.phase1.pt"))  # moved aside, then the process was killed
+    with caplog.at_level(logging.WARNING):
+        assert main(base) == 0  # the same command again: not a training from scratch
+    assert "was interrupted before its first checkpoint; starting it again" in caplog.text
+    state = load_checkpoint(final)["state"]
+    assert state["phase"] == 2 and [r["phase"] for r in state["log"]] == [1, 1, 2, 2]  # 2 more epochs

@@ -61,6 +61,11 @@ def plot_progress(records: list[dict[str, Any]], path: Path) -> None:
     h1, l1 = ax1.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
     ax1.legend(h1 + h2, l1 + l2, loc="center right")
+    for i in range(1, len(records)):  # `--continue-for`: where each new phase starts
+        if records[i].get("phase", 1) != records[i - 1].get("phase", 1):
+            for ax in (ax1, ax3):
+                ax.axvline(ep[i] - 0.5, color="grey", ls="--", lw=1)
+            ax1.text(ep[i] - 0.5, ax1.get_ylim()[1], f" phase {records[i].get('phase')}", va="top", fontsize=8)
     ax3.plot(ep, [r["lr"] for r in records], color="black")
     ax3.set_ylabel("learning rate")
     ax3.set_xlabel("epoch")

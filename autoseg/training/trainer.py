@@ -57,6 +57,7 @@ class TrainState:
     # time budget: how the final validation predicts (mirror, step_size, estimated_s, reason); None: thoroughly
     final_validation: dict[str, Any] | None = None
     pretrained: dict[str, Any] | None = None  # fine-tuning: the model the first run started from (model/pretrained.py)
+    phase: int = 1  # `autoseg train --continue-for`: 2, 3, ... for each continuation of a finished training
     precision: str | None = None  # resolved precision ("auto" is measured once, then fixed)
     precision_probe: dict[str, float] = field(default_factory=dict)  # measured s/iteration per precision
     ema_dice: float | None = None
@@ -104,6 +105,8 @@ class Trainer:
         self.control = (BudgetController(settings.time_budget_s) if settings.time_budget_s is not None
                         else EpochControl())
         self.stop_training = False  # set by a hook: ends the epoch after this iteration, then the training
+        # `--continue-for`: the finished phase's final checkpoint a new phase starts from (usecases/train.py)
+        self.continue_from: Path | None = None
         self.hooks: list[TrainerHook] = [self.control, *([ProgressBar()] if progress else []), EpochRecords(),
                                          Checkpoints(), *(hooks or [])]
         self._epoch_start = self._epoch_train_s = 0.0
@@ -114,7 +117,14 @@ class Trainer:
         """Train (or resume) until the control stops it; writes checkpoint_final.pt."""
         stamp = aside_stamp()
         resumed = self._resume(stamp)  # a bad checkpoint is moved aside: the previous good one, or none
-        if resumed is None:
+        if resumed is None and self.continue_from is not None:  # a new phase: the log goes on, the weights too
+            from ..model.pretrained import load_pretrained
+
+            rewrite_log(self.wd.training_log_jsonl(self.config.name, self.settings.fold), self.state.log)
+            load_pretrained(self.continue_from, self.network, what=f"{self.config.name}'s plan")
+            log.info("phase %d: continuing from the weights of %s with a new schedule", self.state.phase,
+                     self.continue_from.name)
+        elif resumed is None:
             self._set_aside_old_records(stamp)  # starting over: a new log, not epochs 1, 1, 2, ...
             if self.settings.pretrained:  # fine-tuning: the first run starts from another model's weights
                 from dataclasses import asdict
@@ -186,7 +196,7 @@ class Trainer:
                   "epoch_seconds": round(self.clock() - self._epoch_start, 2),
                   "seconds_per_iteration": round(self._epoch_train_s / max(1, self._epoch_iterations), 4),
                   "iterations": st.iteration_in_epoch, "validation_seconds": round(val["seconds"], 4),
-                  "elapsed_s": round(self.elapsed(), 1)}
+                  "elapsed_s": round(self.elapsed(), 1), "phase": st.phase}
         st.log.append(record)
         st.epoch += 1
         st.iteration_in_epoch = 0

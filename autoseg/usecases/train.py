@@ -144,6 +144,8 @@ def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides:
     from ..training.splits import fold_cases
     from ..training.trainer import Trainer
 
+    overrides = dict(overrides or {})
+    continue_for = overrides.pop("continue_for", None)
     store = RunStore(workdir)
     wd = store.wd
     plans = store.plans()
@@ -167,7 +169,10 @@ def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides:
          exclusive(lock, f"{config.name} fold {fold} of {wd.root}",
                    hint="two trainings of one fold would overwrite each other's checkpoints; wait for it to end, "
                         "or train another fold (different folds may run at the same time)"):
-        settings = resolve_training_settings(plans, config, str(fold), overrides or {}, existing=settings_path)
+        start = _new_phase(wd, config.name, str(fold), continue_for)
+        if start is not None and continue_for is not None:
+            overrides["time_budget_s"] = float(continue_for)
+        settings = resolve_training_settings(plans, config, str(fold), overrides, existing=settings_path)
         settings = replace(settings, configuration_hash=configuration_hash(config))
         _warn_if_smaller_device(plans, settings.device)
         store.save(settings, settings_path)
@@ -178,7 +183,11 @@ def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides:
                  settings.device, settings.precision, len(train_ids), len(val_ids))
         trainer = Trainer(wd, config, settings, train_ids, val_ids, progress=progress,
                           previous_stage_segs=previous_segs)
-        if settings.pretrained and not has_checkpoints:  # refuse a model that does not fit before any work
+        if start is not None:
+            trainer.continue_from, trainer.state = start
+            if settings.time_budget_s is None:  # an epoch schedule: this phase's epochs come on top
+                trainer.state.total_epochs = trainer.state.epoch + settings.epochs
+        elif settings.pretrained and not has_checkpoints:  # refuse a model that does not fit before any work
             from ..model.pretrained import load_pretrained
 
             load_pretrained(settings.pretrained, trainer.network, what=f"{config.name}'s plan in {wd.root}")
@@ -194,6 +203,49 @@ def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides:
                            iterations=sum(int(r.get("iterations", 0)) for r in state.log),
                            train_seconds=round(float(state.elapsed_s), 1), time_budget_s=settings.time_budget_s,
                            summary=summary)
+
+
+def _new_phase(wd: Workdir, name: str, fold: str, continue_for: float | None):
+    """``(checkpoint, TrainState)`` when this call starts a new phase of a finished training (``--continue-for``,
+    or a continuation interrupted before its first checkpoint): the finished phase's final checkpoint, moved
+    aside as ``checkpoint_final.phase<N>.pt``, and the state the new phase starts with (its log and epoch
+    count go on, with ``phase`` N+1). None when the fold resumes or trains as usual."""
+    import os
+
+    from ..model.checkpoint import load_checkpoint
+    from ..training.trainer import TrainState
+
+    latest, final = wd.checkpoint(name, fold, "latest"), wd.checkpoint(name, fold, "final")
+    phase_files = sorted(final.parent.glob("checkpoint_final.phase*.pt"),
+                         key=lambda p: int("".join(ch for ch in p.name.split(".phase")[1] if ch.isdigit()) or 0))
+    if latest.exists():
+        if continue_for is not None:
+            log.info("%s fold %s has an unfinished run: resuming it first (run --continue-for again once it has "
+                     "finished to add time)", name, fold)
+        return None
+    if final.exists():
+        if continue_for is None:
+            return None
+        saved = load_checkpoint(final)["state"]  # verified before anything is moved
+        source = final.with_name(f"checkpoint_final.phase{int(saved.get('phase', 1))}.pt")
+        os.replace(final, source)
+    elif phase_files:
+        source = phase_files[-1]
+        saved = load_checkpoint(source)["state"]
+        log.warning("%s fold %s: the continuation from %s was interrupted before its first checkpoint; starting it "
+                    "again", name, fold, source.name)
+    elif continue_for is not None:
+        raise AutosegError(f"nothing to continue: {name} fold {fold} of {wd.root} has no finished training; run "
+                           f"`autoseg train --workdir {wd.root} -c {name} --fold {fold}` first")
+    else:
+        return None
+    phase = int(saved.get("phase", 1))
+    records = [{**r, "phase": r.get("phase", phase)} for r in saved.get("log", [])]
+    state = TrainState(epoch=int(saved.get("epoch", len(records))), log=records, phase=phase + 1,
+                       ema_dice=saved.get("ema_dice"), best_ema_dice=float(saved.get("best_ema_dice", -1.0)))
+    log.info("%s fold %s: phase %d starts from %s (%d epochs so far)", name, fold, phase + 1, source.name,
+             state.epoch)
+    return source, state
 
 
 def planned_in_training_order(workdir: str | Path) -> list[str]:
