@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", nargs="+", default=[d.name for d in DATASETS],
                     choices=[d.name for d in DATASETS])
     ap.add_argument("--jobs", type=int, default=2, help="cells side by side, each pinned to one core")
+    ap.add_argument("--cores", type=int, nargs="+", default=None,
+                    help="the cores to pin cells to (default 0..jobs-1); one core each with one thread")
     ap.add_argument("--train-share", type=float, default=0.87)
     ap.add_argument("--out", type=Path, default=REPO / "bench_out" / "recipe_study")
     ap.add_argument("--report", type=Path, default=None, help="only write the table from OUT/results.json")
@@ -208,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                         cells.append((ds, budget, wd, epochs, recipe, fold))
     print(f"{len(cells)} cells to run, {args.jobs} at a time")
     running: list[tuple[subprocess.Popen, tuple, float, Any]] = []
-    free_cores = list(range(args.jobs))
+    free_cores = list(args.cores) if args.cores else list(range(args.jobs))
+    pinned = args.cores is not None or args.jobs > 1
     while cells or running:
         while cells and free_cores:
             ds, budget, wd, epochs, recipe, fold = cell = cells.pop(0)
@@ -216,13 +219,13 @@ def main(argv: list[str] | None = None) -> int:
             cwd = cell_workdir(wd, recipe)
             overrides = {**RECIPES[recipe], "epochs": epochs, "iterations_per_epoch": ITERATIONS_PER_EPOCH,
                          "time_budget_s": None}
-            env = {**os.environ, "OMP_NUM_THREADS": "1" if args.jobs > 1 else os.environ.get("OMP_NUM_THREADS", ""),
+            env = {**os.environ, "OMP_NUM_THREADS": "1" if pinned else os.environ.get("OMP_NUM_THREADS", ""),
                    "PYTHONPATH": str(REPO)}
             if not env["OMP_NUM_THREADS"]:
                 del env["OMP_NUM_THREADS"]
             cmd = [sys.executable, str(Path(__file__).resolve()), "--cell", str(cwd), ds.configuration, fold,
                    json.dumps(overrides)]
-            if args.jobs > 1:
+            if pinned:
                 cmd = ["taskset", "-c", str(core), *cmd]
             log = open(cwd / f"train_fold{fold}.log", "a")
             print(f"[start] {ds.name} {budget} fold {fold} {recipe}: {epochs} x {ITERATIONS_PER_EPOCH} "
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             record = {"dataset": ds.name, "kind": ds.kind, "configuration": ds.configuration, "budget": budget,
                       "budget_s": parse_duration(budget), "recipe": recipe, "fold": fold,
                       "planned_iterations": epochs * ITERATIONS_PER_EPOCH, "exit_code": proc.returncode,
-                      "wall_s": round(time.time() - t0, 1), "threads": 1 if args.jobs > 1 else None,
+                      "wall_s": round(time.time() - t0, 1), "threads": 1 if pinned else None,
                       **(res or {"dice": None})}
             print(f"[done] {ds.name} {budget} fold {fold} {recipe}: rc {proc.returncode}, "
                   f"Dice {record['dice']}, {record['wall_s']} s", flush=True)
