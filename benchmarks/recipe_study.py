@@ -249,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
                       **(res or {"dice": None})}
             print(f"[done] {ds.name} {budget} fold {fold} {recipe}: rc {proc.returncode}, "
                   f"Dice {record['dice']}, {record['wall_s']} s", flush=True)
-            results = [r for r in results if (r["dataset"], r["budget"], r["recipe"], r["fold"])
+            # merged with the file as it is now: another study may write to the same folder (--cores)
+            on_disk = json.loads(results_path.read_text()) if results_path.exists() else []
+            results = [r for r in on_disk if (r["dataset"], r["budget"], r["recipe"], r["fold"])
                        != (ds.name, budget, recipe, fold)] + [record]
             write_json(results_path, results)
             write_report(out)
