@@ -66,6 +66,16 @@ def check_dataset(path: str | Path) -> Path:
     return p.resolve()
 
 
+def dataset_unless_report_only(ap: Any, args: Any) -> Path | None:
+    """``args.dataset`` checked (:func:`check_dataset`), or None with ``--report-only``; an argparse
+    error naming the flag when neither is given."""
+    if args.report_only:
+        return None
+    if not args.dataset:
+        ap.error("--dataset is required unless --report-only")
+    return check_dataset(args.dataset)
+
+
 def dataset_id_and_name(folder: str | Path) -> tuple[int, str]:
     """(3-digit id, folder name) from a folder named 'DatasetXXX_Name', which nnU-Net requires."""
     name = Path(folder).name

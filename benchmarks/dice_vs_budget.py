@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import check_dataset, parse_duration, read_json, write_json  # noqa: E402
+from bench_common import dataset_unless_report_only, parse_duration, read_json, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -116,10 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report-only", action="store_true", help="only rebuild the table and plot")
     args = ap.parse_args(argv)
     out = args.out.resolve()
-    if not args.report_only:
-        if not args.dataset:
-            ap.error("--dataset is required unless --report-only")
-        dataset = check_dataset(args.dataset)
+    dataset = dataset_unless_report_only(ap, args)
+    if dataset is not None:
         for budget in sorted(args.budgets, key=parse_duration):
             folder = out / budget
             if (folder / "report.json").exists():

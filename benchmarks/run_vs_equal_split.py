@@ -19,7 +19,6 @@ Each step writes OUT/steps/<name>.json; a rerun skips finished steps. Run it alo
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import check_dataset, machine_info, parse_duration, read_json, write_json  # noqa: E402
+from bench_common import dataset_unless_report_only, machine_info, parse_duration, read_json, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -138,10 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
     out = args.out.resolve()
-    if not args.report_only:
-        if not args.dataset:
-            ap.error("--dataset is required unless --report-only")
-        dataset = check_dataset(args.dataset)
+    dataset = dataset_unless_report_only(ap, args)
+    if dataset is not None:
         budget_s = parse_duration(args.budget)
         out.mkdir(parents=True, exist_ok=True)
         if not (out / "meta.json").exists():
