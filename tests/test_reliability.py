@@ -2,6 +2,7 @@
 checkpoints, training that starts over, read-only and full disks, a writer that fails silently."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -129,13 +130,8 @@ def test_spacing_in_other_units_is_warned_and_nonsense_spacing_refused(run3d, tm
                         direction=IDENTITY_3D)
     with pytest.raises(AutosegError, match=r"case zero: f.nii.gz has spacing .* positive number of mm"):
         check_spacing("zero", "f.nii.gz", geometry, [1.0, 1.0, 1.0], 3)
-    assert check_spacing("fine", "f.nii.gz", replace_spacing(geometry, (1.0, 1.0, 1.0)), [1.0, 1.0, 1.0], 3) is None
-
-
-def replace_spacing(geometry: Geometry, spacing: tuple[float, ...]) -> Geometry:
-    from dataclasses import replace
-
-    return replace(geometry, spacing=spacing)
+    assert check_spacing("fine", "f.nii.gz", dataclasses.replace(geometry, spacing=(1.0, 1.0, 1.0)),
+                         [1.0, 1.0, 1.0], 3) is None
 
 
 def test_3d_image_given_to_a_2d_model_is_refused(run2d, tmp_path, capsys):

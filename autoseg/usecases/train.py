@@ -211,13 +211,14 @@ def _new_phase(wd: Workdir, name: str, fold: str, continue_for: float | None):
     aside as ``checkpoint_final.phase<N>.pt``, and the state the new phase starts with (its log and epoch
     count go on, with ``phase`` N+1). None when the fold resumes or trains as usual."""
     import os
+    import re
 
     from ..model.checkpoint import load_checkpoint
     from ..training.trainer import TrainState
 
     latest, final = wd.checkpoint(name, fold, "latest"), wd.checkpoint(name, fold, "final")
     phase_files = sorted(final.parent.glob("checkpoint_final.phase*.pt"),
-                         key=lambda p: int("".join(ch for ch in p.name.split(".phase")[1] if ch.isdigit()) or 0))
+                         key=lambda p: int(re.fullmatch(r"checkpoint_final\.phase(\d+)\.pt", p.name)[1]))
     if latest.exists():
         if continue_for is not None:
             log.info("%s fold %s has an unfinished run: resuming it first (run --continue-for again once it has "
