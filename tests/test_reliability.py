@@ -97,14 +97,21 @@ def test_nan_voxels_fail_their_case_and_the_others_are_predicted(run3d, tmp_path
 
 # --------------------------------------------------------------------------- 2. dimensionality, channels
 
-def test_2d_image_given_to_a_3d_model_is_refused(run3d, tmp_path, capsys):
-    wd, ds = run3d
+def _inputs_with(ds: Path, tmp_path: Path, name: str, shape: tuple[int, ...], geometry: Geometry) -> tuple[Path, Path]:
+    """An input folder holding test case 6 and a random image NAME_0000.nii.gz of ``shape`` with ``geometry``."""
     inputs = tmp_path / "in"
     inputs.mkdir()
     shutil.copy(ds / "imagesTs" / f"{case_id(6)}_0000.nii.gz", inputs)
-    flat = inputs / "flat_0000.nii.gz"
-    write_image(np.random.default_rng(0).random((1, 1, 16, 16), np.float32) * 100,
-                Geometry(ndim=2, size=(16, 16), spacing=(1.0, 1.0), origin=(0.0, 0.0), direction=IDENTITY_2D), flat)
+    path = inputs / f"{name}_0000.nii.gz"
+    write_image(np.random.default_rng(0).random(shape, np.float32) * 100, geometry, path)
+    return inputs, path
+
+
+def test_2d_image_given_to_a_3d_model_is_refused(run3d, tmp_path, capsys):
+    wd, ds = run3d
+    inputs, flat = _inputs_with(ds, tmp_path, "flat", (1, 1, 16, 16),
+                                Geometry(ndim=2, size=(16, 16), spacing=(1.0, 1.0), origin=(0.0, 0.0),
+                                         direction=IDENTITY_2D))
     out = tmp_path / "out"
     assert _predict(wd, inputs, out, "3d_fullres") == 1
     err = capsys.readouterr().err
@@ -136,13 +143,9 @@ def test_spacing_in_other_units_is_warned_and_nonsense_spacing_refused(run3d, tm
 
 def test_3d_image_given_to_a_2d_model_is_refused(run2d, tmp_path, capsys):
     wd, ds = run2d
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    shutil.copy(ds / "imagesTs" / f"{case_id(6)}_0000.nii.gz", inputs)
-    volume = inputs / "volume_0000.nii.gz"
-    write_image(np.random.default_rng(0).random((1, 4, 32, 32), np.float32) * 100,
-                Geometry(ndim=3, size=(32, 32, 4), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
-                         direction=IDENTITY_3D), volume)
+    inputs, volume = _inputs_with(ds, tmp_path, "volume", (1, 4, 32, 32),
+                                  Geometry(ndim=3, size=(32, 32, 4), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                                           direction=IDENTITY_3D))
     out = tmp_path / "out"
     assert _predict(wd, inputs, out, "2d") == 1
     err = capsys.readouterr().err
