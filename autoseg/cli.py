@@ -100,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     share_the_cpu_politely()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # e.g. `train --nproc N` relaunches it under torchrun
     verbose = getattr(args, "verbose", False)
     _setup_logging(verbose)
     if getattr(args, "no_progress", False) is False and not sys.stderr.isatty():

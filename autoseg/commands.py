@@ -153,6 +153,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=_duration, default=None, metavar="DURATION",
                    help="also save checkpoint_latest.pt this often within an epoch (default 5m)")
     p.add_argument("--no-validation", action="store_true", help="skip the final full-resolution validation")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train the fold data-parallel on N processes of this machine (one per GPU; gloo on a CPU): "
+                        "shorthand for `torchrun --standalone --nproc-per-node N -m autoseg train ...`; the plan's "
+                        "batch is the global batch, dealt over the processes")
     _common(p)
     p.set_defaults(func=_cmd_train)
 
@@ -163,6 +167,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     fold = args.fold
     if fold != "all" and not fold.isdigit():
         raise UsageError(f"--fold must be a fold number (0..4) or 'all', not '{fold}'")
+    if args.nproc is not None:
+        return _launch_torchrun(args)
     overrides = {"epochs": args.epochs, "iterations_per_epoch": args.iterations_per_epoch,
                  "validation_iterations_per_epoch": args.validation_iterations, "initial_lr": args.lr,
                  "recipe": args.recipe, "continue_for": args.continue_for,
@@ -179,6 +185,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
             print(format_table(to_dict(result.summary)))
     return 0
+
+
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from .training.distributed import launched_by_torchrun
+    from .usecases.train import torchrun_command
+
+    if args.nproc < 1:
+        raise UsageError(f"--nproc must be at least 1, not {args.nproc}")
+    if launched_by_torchrun():
+        raise UsageError("--nproc starts torchrun, but this process already runs under torchrun; leave --nproc out "
+                         "(torchrun's --nproc-per-node sets the number of processes)")
+    cmd = torchrun_command(list(args.argv), args.nproc)
+    print("launching: " + " ".join(cmd), flush=True)
+    return subprocess.run(cmd).returncode
 
 
 # --------------------------------------------------------------------------- find-best

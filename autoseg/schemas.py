@@ -531,6 +531,7 @@ class TrainingSettings:
     recipe: str = "nnunet"  # training/recipe.py: which recipe set optimizer, lr, decay shape and warm-up
     recipe_reason: str = ""  # why (chosen from the iterations the training is expected to run, or --recipe)
     pretrained: str | None = None  # fine-tuning: start the first run from this checkpoint / fold folder's weights
+    world_size: int = 1  # processes training this fold data-parallel (torchrun); batch_size is their global batch
 
     _migrate = staticmethod(lambda data: _renamed(data, plans_hash="configuration_hash"))
 

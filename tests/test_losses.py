@@ -117,3 +117,21 @@ def test_soft_dice_per_class_and_hard_counts():
     tp, fp, fn = hard_dice_counts(_perfect_logits(pred, 3), t, 3)
     assert tp.tolist() == [1, 1] and fp.tolist() == [1, 0] and fn.tolist() == [0, 1]
     assert tp.dtype == torch.int64
+
+
+def test_every_output_in_graph_gives_the_zero_weight_head_a_zero_gradient_and_the_same_loss():
+    torch.manual_seed(0)
+    heads = torch.nn.ModuleList(torch.nn.Conv2d(1, 2, 1) for _ in range(3))
+    x = torch.randn(2, 1, 4, 4)
+    targets = [torch.randint(0, 2, (2, 1, 4, 4)) for _ in range(3)]
+    ds = DeepSupervisionLoss(DiceCELoss(batch_dice=True), deep_supervision_weights(3))  # last weight 0
+    plain = ds([h(x) for h in heads], targets)
+    plain.backward()
+    assert heads[2].weight.grad is None  # skipped: DDP would wait for this gradient forever
+    heads.zero_grad(set_to_none=True)
+    ds.every_output_in_graph = True
+    touched = ds([h(x) for h in heads], targets)
+    touched.backward()
+    assert torch.allclose(touched, plain)
+    assert heads[2].weight.grad is not None and float(heads[2].weight.grad.abs().sum()) == 0.0
+    assert float(heads[0].weight.grad.abs().sum()) > 0

@@ -105,7 +105,10 @@ class BudgetController:
     def on_train_start(self, trainer: Trainer) -> None:
         st = trainer.state
         if not st.final_validation_s:  # first run; a resumed run keeps its reserve (and so its span)
-            st.validation_epoch_s, final = self.estimate(trainer)
+            from .distributed import agree  # torchrun: rank 0's measurement on every rank, for one span
+
+            st.validation_epoch_s, final = agree(self.estimate(trainer) if trainer.is_main else None,
+                                                 trainer.dist)
             st.final_validation_s, st.final_validation = final.seconds, final.to_dict()
             log.info("%s", final.reason)
         span, elapsed = self.span_s(trainer), trainer.elapsed()

@@ -70,6 +70,8 @@ class EpochRecords:
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         s = trainer.settings
+        if not trainer.is_main:  # torchrun: rank 0 alone writes and reports
+            return
         append_log(trainer.wd.training_log_jsonl(trainer.config.name, s.fold), record)
         log.info("%s  train loss %.4f  val loss %.4f  pseudo-Dice %s (EMA %.4f)  lr %.5f  %.1f s",
                  trainer.control.describe(trainer, record["epoch"]), record["train_loss"], record["val_loss"],
@@ -79,7 +81,8 @@ class EpochRecords:
             self._plot(trainer)
 
     def on_train_end(self, trainer: Trainer) -> None:
-        self._plot(trainer)
+        if trainer.is_main:
+            self._plot(trainer)
 
     def _plot(self, trainer: Trainer) -> None:
         plot_progress(trainer.state.log, trainer.wd.progress_png(trainer.config.name, trainer.settings.fold))

@@ -109,14 +109,17 @@ def deep_supervision_weights(n_outputs: int) -> list[float]:
 class DeepSupervisionLoss(nn.Module):
     """Weighted sum of ``loss(output_i, target_i)`` over lists of outputs and targets.
 
-    Terms with weight 0 are skipped (not computed). A single tensor output/target pair (deep
-    supervision off) is passed straight to ``loss``.
+    Terms with weight 0 are skipped (not computed); with ``every_output_in_graph`` they add
+    ``0 x sum(output)`` instead, so that every parameter gets a (zero) gradient, as data-parallel
+    training (DDP) needs. A single tensor output/target pair (deep supervision off) is passed straight
+    to ``loss``.
     """
 
     def __init__(self, loss: nn.Module, weights: Sequence[float]):
         super().__init__()
         self.loss = loss
         self.weights = [float(w) for w in weights]
+        self.every_output_in_graph = False
 
     def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor],
                 targets: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -128,11 +131,11 @@ class DeepSupervisionLoss(nn.Module):
                              f"{len(self.weights)} weights; they must match (one target per output)")
         total: torch.Tensor | None = None
         for w, out, tgt in zip(self.weights, outputs, targets):
-            if w == 0.0:
+            if w == 0.0 and not self.every_output_in_graph:
                 continue
-            term = w * self.loss(out, tgt)
+            term = 0.0 * out.sum() if w == 0.0 else w * self.loss(out, tgt)
             total = term if total is None else total + term
-        if total is None:
+        if total is None or not any(self.weights):
             raise ValueError("every deep supervision weight is 0: nothing to optimise")
         return total
 

@@ -38,6 +38,7 @@ class TrainerSteps:
     def __init__(self, trainer: Any, batch: Any):
         self.trainer = copy.copy(trainer)
         self.trainer.hooks, self.trainer.scheduler = [], None
+        self.trainer.ddp = None  # the probe steps are this process's alone (no torchrun job in the child)
         self.batch = batch
 
     def __call__(self, precision: str) -> None:

@@ -28,6 +28,8 @@ from ..workdir import Workdir
 from .augmentation import deep_supervision_scales
 from .batch_iterator import make_training_iterators
 from .budget_control import BudgetController, EpochControl
+from .distributed import DATA_SEED_STRIDE, DistContext, RankZeroClock, agree, barrier, check_weights_agree, \
+    rank_batch_sizes, sum_over_ranks
 from ..model.checkpoint import load_resume_checkpoint, restore_rng_states, save_checkpoint
 from .hooks import Checkpoints, EpochRecords, ProgressBar, TrainerHook
 from .losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, hard_dice_counts
@@ -75,20 +77,24 @@ class Trainer:
                  train_ids: list[str], val_ids: list[str], *,
                  previous_stage_segs: Mapping[str, Path] | None = None,
                  progress: bool = True, hooks: list[TrainerHook] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, dist: DistContext | None = None):
         """``previous_stage_segs`` (cascade): case id -> the previous stage's ``<case>_seg.npy`` on this
         configuration's grid, for every training and validation case; fed as one-hot input channels.
         ``hooks``: the user's hooks, called after the built-in ones (see ``training/hooks.py``).
         ``clock``: seconds (monotonic) for the time budget, checkpoint interval and records; the budget
-        clock starts here."""
+        clock starts here. ``dist``: this process's rank in a torchrun job (``training/distributed.py``):
+        the network trains data-parallel, rank 0 alone writes, and the clock is rank 0's."""
         self.wd, self.config, self.settings = workdir, config, settings
         self.previous_stage_segs = dict(previous_stage_segs) if previous_stage_segs is not None else None
         self.train_ids, self.val_ids = train_ids, val_ids
-        self.progress = progress
+        self.dist = dist
+        self.is_main = dist is None or dist.is_main  # the one process that writes
+        self.progress = progress and self.is_main
         self.fold_dir = workdir.fold_dir(config.name, settings.fold)
-        self.device = torch.device(settings.device)
+        self.device = torch.device(dist.device(settings.device) if dist is not None else settings.device)
         self.state = TrainState()
-        self.clock = clock
+        self.clock: Callable[[], float] = RankZeroClock(clock, dist) if dist is not None else clock
+        self.ddp: torch.nn.Module | None = None  # the network wrapped for data-parallel steps (torchrun)
         self._clock_start = clock()  # the budget clock: this run started here
         self._elapsed_before = 0.0  # elapsed_s restored from a checkpoint
         torch.manual_seed(settings.seed)
@@ -107,7 +113,7 @@ class Trainer:
         self.stop_training = False  # set by a hook: ends the epoch after this iteration, then the training
         # `--continue-for`: the finished phase's final checkpoint a new phase starts from (usecases/train.py)
         self.continue_from: Path | None = None
-        self.hooks: list[TrainerHook] = [self.control, *([ProgressBar()] if progress else []), EpochRecords(),
+        self.hooks: list[TrainerHook] = [self.control, *([ProgressBar()] if self.progress else []), EpochRecords(),
                                          Checkpoints(), *(hooks or [])]
         self._epoch_start = self._epoch_train_s = 0.0
         self._epoch_iterations = 0
@@ -116,16 +122,21 @@ class Trainer:
     def fit(self) -> TrainState:
         """Train (or resume) until the control stops it; writes checkpoint_final.pt."""
         stamp = aside_stamp()
+        if not self.is_main:
+            barrier(self.dist)  # rank 0 resumes first: a damaged checkpoint is moved aside once
         resumed = self._resume(stamp)  # a bad checkpoint is moved aside: the previous good one, or none
+        if self.is_main:
+            barrier(self.dist)
         if resumed is None and self.continue_from is not None:  # a new phase: the log goes on, the weights too
             from ..model.pretrained import load_pretrained
 
-            rewrite_log(self.wd.training_log_jsonl(self.config.name, self.settings.fold), self.state.log)
+            self._rewrite_log()
             load_pretrained(self.continue_from, self.network, what=f"{self.config.name}'s plan")
             log.info("phase %d: continuing from the weights of %s with a new schedule", self.state.phase,
                      self.continue_from.name)
         elif resumed is None:
-            self._set_aside_old_records(stamp)  # starting over: a new log, not epochs 1, 1, 2, ...
+            if self.is_main:
+                self._set_aside_old_records(stamp)  # starting over: a new log, not epochs 1, 1, 2, ...
             if self.settings.pretrained:  # fine-tuning: the first run starts from another model's weights
                 from dataclasses import asdict
 
@@ -135,14 +146,16 @@ class Trainer:
                 self.state.pretrained = asdict(loaded)
                 log.info("%s", loaded.describe())
         else:  # lines written after the checkpoint are dropped: the checkpoint is the truth
-            rewrite_log(self.wd.training_log_jsonl(self.config.name, self.settings.fold), self.state.log)
+            self._rewrite_log()
             if resumed.name == self.wd.checkpoint(self.config.name, self.settings.fold, "final").name:
                 log.info("training already finished (%s loaded)", resumed.name)
                 return self.state
         train_it, val_it = self._iterators()
         try:
-            if self.state.precision is None:
-                self.state.precision = self._resolve_precision(train_it)
+            if self.state.precision is None:  # measured by rank 0 in a torchrun job, the same on every rank
+                self.state.precision = agree(self._resolve_precision(train_it) if self.is_main else None, self.dist)
+            self._wrap_data_parallel()
+            self._tick()
             self._call("on_train_start")
             while not self.stop_training:
                 self._start_epoch()
@@ -155,9 +168,35 @@ class Trainer:
             for it in (train_it, val_it):
                 if hasattr(it, "close"):
                     it.close()
+        if self.dist is not None:
+            log.info("%s", check_weights_agree(self.network, self.dist))
         self.save("final")
-        self.wd.checkpoint(self.config.name, self.settings.fold, "latest").unlink(missing_ok=True)
+        if self.is_main:
+            self.wd.checkpoint(self.config.name, self.settings.fold, "latest").unlink(missing_ok=True)
         return self.state
+
+    def _tick(self) -> None:
+        """In a torchrun job: every rank takes rank 0's time now (the same points of the loop on every rank)."""
+        if isinstance(self.clock, RankZeroClock):
+            self.clock.sync()
+
+    def _rewrite_log(self) -> None:
+        if self.is_main:
+            rewrite_log(self.wd.training_log_jsonl(self.config.name, self.settings.fold), self.state.log)
+
+    def _wrap_data_parallel(self) -> None:
+        """torchrun: DistributedDataParallel for the training steps (its start copies rank 0's weights)."""
+        if self.dist is None or self.ddp is not None:
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        if isinstance(self.loss, DeepSupervisionLoss):  # DDP needs a gradient for every parameter: the
+            self.loss.every_output_in_graph = True  # coarsest head (weight 0) then gets zeros, not none
+        self.ddp = DistributedDataParallel(self.network, device_ids=ids)
+        sizes = rank_batch_sizes(self.settings.batch_size, self.dist.world_size)
+        log.info("data-parallel: %s; global batch %d dealt as %s per rank", self.dist.describe(), sum(sizes),
+                 sizes)
 
     def _call(self, moment: str, *args: Any) -> None:
         for hook in self.hooks:
@@ -167,6 +206,7 @@ class Trainer:
 
     def _start_epoch(self) -> None:
         self.network.train()
+        self._tick()
         self._epoch_start, self._epoch_train_s, self._epoch_iterations = self.clock(), 0.0, 0
         self._call("on_epoch_start")
 
@@ -175,6 +215,7 @@ class Trainer:
         batch = next(train_it)
         t0 = self.clock()
         loss = self.train_step(batch)
+        self._tick()
         dt = self.clock() - t0
         st.train_seconds += dt
         self._epoch_train_s += dt
@@ -206,8 +247,14 @@ class Trainer:
     # ------------------------------------------------------------------ data
     def _iterators(self):
         ds = self.ds_scales if self.config.network.deep_supervision else [[1.0] * self.config.dims]
+        s = self.settings
+        if self.dist is not None:  # this rank's share of the global batch, its own patches
+            from dataclasses import replace
+
+            s = replace(s, batch_size=rank_batch_sizes(s.batch_size, self.dist.world_size)[self.dist.rank],
+                        seed=s.seed + DATA_SEED_STRIDE * self.dist.rank)
         return make_training_iterators(self.wd.preprocessed_dir(self.config.data_identifier), self.config,
-                                       self.settings, self.train_ids, self.val_ids, ds, self.state.epoch,
+                                       s, self.train_ids, self.val_ids, ds, self.state.epoch,
                                        self.previous_stage_segs)
 
     def _to_device(self, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor] | torch.Tensor]:
@@ -236,7 +283,7 @@ class Trainer:
         data, target = self._to_device(batch)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            output = self.network(data)
+            output = (self.ddp if self.ddp is not None else self.network)(data)
         loss = self.loss(_float(output), target)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -270,6 +317,8 @@ class Trainer:
     def save(self, which: str) -> None:
         """Write checkpoint_<which>.pt (``latest``, ``best``, ``final``) with the state as plain data."""
         self.state.elapsed_s = self.elapsed()
+        if not self.is_main:  # torchrun: rank 0 alone writes
+            return
         state = {k: v for k, v in self.state.__dict__.items()}
         save_checkpoint(self.wd.checkpoint(self.config.name, self.settings.fold, which),
                         model=self.network, optimizer=self.optimizer, scheduler=self.scheduler,
@@ -279,7 +328,7 @@ class Trainer:
         """Load the checkpoint to resume from (final, else latest; verified against this network, a bad
         one moved aside as ``<name>.corrupt-<stamp>``); its path, or None when training starts over."""
         found = load_resume_checkpoint(self.fold_dir, map_location=self.device, network=self.network,
-                                       set_aside_bad=True, stamp=stamp)
+                                       set_aside_bad=self.is_main, stamp=stamp)
         if found is None:
             return None
         path, ckpt = found
@@ -346,7 +395,12 @@ class Trainer:
             loss, a, b, c = self.validation_step(next(val_it))
             losses.append(loss)
             tp, fp, fn = tp + a, fp + b, fn + c
+        if self.dist is not None:  # every rank's patches count: the same Dice (and "best") on every rank
+            summed = sum_over_ranks([*tp, *fp, *fn, float(np.sum(losses)), float(len(losses))], self.dist)
+            tp, fp, fn = (np.array(summed[i * k:(i + 1) * k]) for i in range(3))
+            losses = [summed[3 * k] / summed[3 * k + 1]] if summed[3 * k + 1] else []
         self.network.train()
+        self._tick()
         dice = [float(2 * t / (2 * t + f + n)) if (2 * t + f + n) > 0 else float("nan")
                 for t, f, n in zip(tp, fp, fn)]
         finite = [d for d in dice if not math.isnan(d)]

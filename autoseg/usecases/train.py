@@ -6,7 +6,10 @@ is given, and the training's first log line says which.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -140,11 +143,17 @@ def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides:
     A cascade configuration (``previous_stage`` set) needs the previous stage's held-out segmentation of
     every training and validation case (written by that stage's folds, see :func:`_require_previous_stage`).
     """
+    from ..training.distributed import agree, from_environment
     from ..training.isolation import run_training_guarded
     from ..training.splits import fold_cases
     from ..training.trainer import Trainer
 
     overrides = dict(overrides or {})
+    dist = from_environment(overrides.get("device") or _default_device())  # a torchrun job, or None
+    main = dist is None or dist.is_main
+    if not main:  # the other ranks train; rank 0 reports
+        progress = False
+        logging.getLogger("autoseg").setLevel(logging.WARNING)
     continue_for = overrides.pop("continue_for", None)
     store = RunStore(workdir)
     wd = store.wd
@@ -163,26 +172,38 @@ def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides:
             f"changed since: {fresh.reason}). Delete that folder to train this fold again with the current "
             f"plans, or use another --workdir.")
     lock = wd.fold_dir(config.name, fold) / ".train.lock"
+    fold_lock = exclusive(lock, f"{config.name} fold {fold} of {wd.root}",
+                          hint="two trainings of one fold would overwrite each other's checkpoints; wait for it to "
+                               "end, or train another fold (different folds may run at the same time)") \
+        if main else contextlib.nullcontext()  # torchrun: rank 0 holds the fold for the whole job
     with shared(wd.plan_lock, f"work folder {wd.root}",
                 hint="`autoseg plan` is running on it and may change the plans and data this training reads; "
-                     "wait for it to end, then train"), \
-         exclusive(lock, f"{config.name} fold {fold} of {wd.root}",
-                   hint="two trainings of one fold would overwrite each other's checkpoints; wait for it to end, "
-                        "or train another fold (different folds may run at the same time)"):
-        start = _new_phase(wd, config.name, str(fold), continue_for)
+                     "wait for it to end, then train"), fold_lock:
+        start = agree(_new_phase(wd, config.name, str(fold), continue_for) if main else None, dist)
         if start is not None and continue_for is not None:
             overrides["time_budget_s"] = float(continue_for)
-        settings = resolve_training_settings(plans, config, str(fold), overrides, existing=settings_path)
-        settings = replace(settings, configuration_hash=configuration_hash(config))
-        _warn_if_smaller_device(plans, settings.device)
-        store.save(settings, settings_path)
+        if main:
+            settings = resolve_training_settings(plans, config, str(fold), overrides, existing=settings_path)
+            settings = replace(settings, configuration_hash=configuration_hash(config),
+                               world_size=dist.world_size if dist is not None else 1)
+            _warn_if_smaller_device(plans, settings.device)
+            store.save(settings, settings_path)
+        settings = agree(settings if main else None, dist)
+        if dist is not None:
+            from ..training.distributed import gather, rank_batch_sizes
+
+            ranks = gather(f"rank {dist.rank}: pid {os.getpid()} on {socket.gethostname()} "
+                           f"({dist.device(settings.device)})", dist)
+            log.info("training %s fold %s: world size %d (%s); global batch %d as %s per rank; %s", config.name,
+                     fold, dist.world_size, dist.backend, settings.batch_size,
+                     rank_batch_sizes(settings.batch_size, dist.world_size), "; ".join(ranks))
         log.info("training %s fold %s: %s", config.name, fold, budget_line(plans, settings))
         if settings.recipe_reason:
             log.info("training %s fold %s: %s", config.name, fold, settings.recipe_reason)
         log.info("training %s fold %s on %s (%s): %d training / %d validation cases", config.name, fold,
                  settings.device, settings.precision, len(train_ids), len(val_ids))
         trainer = Trainer(wd, config, settings, train_ids, val_ids, progress=progress,
-                          previous_stage_segs=previous_segs)
+                          previous_stage_segs=previous_segs, dist=dist)
         if start is not None:
             trainer.continue_from, trainer.state = start
             if settings.time_budget_s is None:  # an epoch schedule: this phase's epochs come on top
@@ -191,9 +212,12 @@ def train_fold(workdir: str | Path, configuration: str, fold: str, *, overrides:
             from ..model.pretrained import load_pretrained
 
             load_pretrained(settings.pretrained, trainer.network, what=f"{config.name}'s plan in {wd.root}")
-        state = run_training_guarded(trainer)  # bf16 on a CPU: fit() in a child process, fp32 again if it crashes
+        if dist is None:
+            state = run_training_guarded(trainer)  # bf16 on a CPU: fit() in a child, fp32 again if it crashes
+        else:  # a torchrun job trains in its ranks' own processes (a crashed rank ends the job; rerun resumes)
+            state = trainer.fit()
         summary = None
-        if validate:
+        if validate and main:
             from ..training.validation import validate_fold
 
             summary = validate_fold(wd, plans, config, settings, trainer.network, val_ids, store.manifest(),
@@ -247,6 +271,12 @@ def _new_phase(wd: Workdir, name: str, fold: str, continue_for: float | None):
     log.info("%s fold %s: phase %d starts from %s (%d epochs so far)", name, fold, phase + 1, source.name,
              state.epoch)
     return source, state
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def planned_in_training_order(workdir: str | Path) -> list[str]:
@@ -312,10 +342,33 @@ def train(workdir: str | Path, fold: str, *, configuration: str | None = None, o
           report: Callable[[str], None] | None = None) -> list[TrainResult]:
     """`autoseg train`: ``configuration``, or every planned one in training order (previous stages
     first), on ``fold``; ``report`` gets a header line before each when there are several."""
+    from ..training.distributed import launched_by_torchrun, shutdown
+
     names = [configuration] if configuration else planned_in_training_order(workdir)
     results = []
-    for i, name in enumerate(names):
-        if len(names) > 1 and report is not None:
-            report(f"== {name} fold {fold} ({i + 1} of {len(names)} configurations: {', '.join(names)})")
-        results.append(train_fold(workdir, name, fold, overrides=overrides, progress=progress, validate=validate))
+    try:
+        for i, name in enumerate(names):
+            if len(names) > 1 and report is not None:
+                report(f"== {name} fold {fold} ({i + 1} of {len(names)} configurations: {', '.join(names)})")
+            results.append(train_fold(workdir, name, fold, overrides=overrides, progress=progress,
+                                      validate=validate))
+    finally:
+        if launched_by_torchrun():
+            shutdown()
     return results
+
+
+def torchrun_command(argv: list[str], nproc: int) -> list[str]:
+    """`autoseg train ... --nproc N` as the torchrun command that runs it on N processes of this machine."""
+    import sys
+
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={int(nproc)}",
+            "-m", "autoseg", *rest]
