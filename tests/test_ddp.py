@@ -67,9 +67,11 @@ def test_nproc_2_trains_on_both_ranks_with_one_writer_and_equal_weights(planned)
 
 
 def test_a_killed_torchrun_job_resumes_from_its_checkpoint(planned):
+    """Under a time budget: the ranks share rank 0's clock (a rank on its own clock takes other learning
+    rates, and the weight check at the end fails)."""
     wd = Workdir(planned)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "autoseg",
-           "train", "--workdir", str(planned), "--fold", "1", *TRAIN, "--epochs", "60", "--no-validation"]
+           "train", "--workdir", str(planned), "--fold", "1", *TRAIN, "--time-budget", "15s", "--no-validation"]
     log_path = wd.training_log_jsonl("3d_fullres", "1")
     job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(),
                            start_new_session=True)
@@ -94,5 +96,6 @@ def test_a_killed_torchrun_job_resumes_from_its_checkpoint(planned):
     assert "resumed from checkpoint_latest.pt at epoch" in out
     assert "weights identical on all 2 rank(s)" in out
     records = [json.loads(line) for line in log_path.read_text().splitlines()]
-    assert [r["epoch"] for r in records] == list(range(1, 61))  # nothing lost, nothing twice
+    assert len(records) >= 3 and [r["epoch"] for r in records] == list(range(1, len(records) + 1))  # none lost or twice
+    assert records[-1]["lr"] == 0.0  # the budget's schedule ran to its end on rank 0's clock
     assert wd.checkpoint("3d_fullres", "1", "final").is_file()

@@ -95,7 +95,7 @@ class Trainer:
         self.state = TrainState()
         self.clock: Callable[[], float] = RankZeroClock(clock, dist) if dist is not None else clock
         self.ddp: torch.nn.Module | None = None  # the network wrapped for data-parallel steps (torchrun)
-        self._clock_start = clock()  # the budget clock: this run started here
+        self._clock_start = self.clock()  # the budget clock: this run started here (rank 0's in a torchrun job)
         self._elapsed_before = 0.0  # elapsed_s restored from a checkpoint
         torch.manual_seed(settings.seed)
         np.random.seed(settings.seed % 2**32)
