@@ -303,8 +303,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                                    "empty are reported as such. Prints a table and writes JSON.")
     p.add_argument("--pred", required=True, help="folder of predicted label files")
     p.add_argument("--ref", required=True, help="folder of reference label files (e.g. labelsTr)")
-    p.add_argument("--labels", nargs="+", type=int, default=None,
-                   help="foreground labels (default: from --dataset-json, else every value found)")
+    p.add_argument("-l", "--labels", nargs="+", default=None, metavar="LABEL_OR_REGION",
+                   help="what to score, nnU-Net style: labels (1 2 3) or regions given as the labels they cover "
+                        "(1,2,3 2,3 3); default: dataset.json's labels or regions (--dataset-json), else every value "
+                        "found")
+    p.add_argument("-il", "--ignore-label", type=int, default=None, metavar="N",
+                   help="reference voxels with this value count for nothing (default: dataset.json's 'ignore')")
     p.add_argument("--dataset-json", default=None, help="dataset.json for label names and file ending")
     p.add_argument("--file-ending", default=None, help="e.g. .nii.gz (default: from --dataset-json or "
                    "the files in --pred)")
@@ -318,7 +322,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .usecases.evaluate import evaluate
 
-    result = evaluate(args.pred, args.ref, labels=args.labels, dataset_json=args.dataset_json,
+    from .usecases.evaluate import parse_label_items
+
+    items = parse_label_items(args.labels) if args.labels else None
+    result = evaluate(args.pred, args.ref, labels=items, dataset_json=args.dataset_json,
+                      ignore_label=args.ignore_label,
                       file_ending=args.file_ending, surface=args.surface, tolerance_mm=args.tolerance_mm,
                       output=args.output, num_workers=args.num_workers, progress=not args.no_progress)
     print(result.table)

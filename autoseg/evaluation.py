@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from .data import labels as _labels
 from .errors import AutosegError
 
 log = logging.getLogger(__name__)
@@ -37,14 +38,33 @@ _WORST_CASES_LISTED = 3
 
 # --------------------------------------------------------------------------- overlap metrics
 
-def confusion_counts(pred: np.ndarray, ref: np.ndarray, label: int) -> tuple[int, int, int, int]:
-    """(tp, fp, fn, tn) voxel counts of class ``label`` in ``pred`` against ``ref`` (same shape)."""
-    p = pred == label
-    r = ref == label
+Item = int | Sequence[int]  # what is scored: a label value, or a region (the label values it covers)
+item_key = _labels.item_key  # "2" for label 2, "1,2,3" for the region of labels 1, 2 and 3
+
+
+def _item_values(item: Item) -> list[int]:
+    return [int(item)] if isinstance(item, (int, np.integer)) else [int(v) for v in item]
+
+
+def _is_background(item: Item) -> bool:
+    return _item_values(item) == [0]
+
+
+def confusion_counts(pred: np.ndarray, ref: np.ndarray, label: Item,
+                     valid: np.ndarray | None = None) -> tuple[int, int, int, int]:
+    """(tp, fp, fn, tn) voxel counts of ``label`` (a value, or a region's values) in ``pred`` against ``ref``
+    (same shape), over the voxels where ``valid`` is True (all when None: see the ignore label)."""
+    from .data.labels import item_mask
+
+    p = item_mask(pred, _item_values(label))
+    r = item_mask(ref, _item_values(label))
+    if valid is not None:
+        p &= valid
+        r &= valid
     tp = int(np.count_nonzero(p & r))
     fp = int(np.count_nonzero(p)) - tp
     fn = int(np.count_nonzero(r)) - tp
-    tn = int(p.size) - tp - fp - fn
+    tn = int(p.size if valid is None else np.count_nonzero(valid)) - tp - fp - fn
     return tp, fp, fn, tn
 
 
@@ -130,20 +150,27 @@ def surface_dice(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing_zyx: Seque
 
 # --------------------------------------------------------------------------- per case
 
-def evaluate_case(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int], spacing_zyx: Sequence[float],
-                  *, surface_metrics: bool = False, tolerance_mm: float = 1.0) -> dict[str, dict[str, Any]]:
-    """Metrics of one case: ``{str(label): {dice, iou, tp, fp, fn, tn, n_pred, n_ref, both_empty,
-    one_empty[, hd95, surface_dice]}}`` for every label in ``labels``. JSON-ready values.
+def evaluate_case(pred: np.ndarray, ref: np.ndarray, labels: Sequence[Item], spacing_zyx: Sequence[float],
+                  *, surface_metrics: bool = False, tolerance_mm: float = 1.0,
+                  ignore_label: int | None = None) -> dict[str, dict[str, Any]]:
+    """Metrics of one case: ``{item_key(label): {dice, iou, tp, fp, fn, tn, n_pred, n_ref, both_empty,
+    one_empty[, hd95, surface_dice]}}`` for every label in ``labels`` (a label value, or a region given as
+    the label values it covers, e.g. ``[1, 2, 3]``). JSON-ready values.
 
     ``pred`` and ``ref`` are label maps of equal shape; ``spacing_zyx`` in mm (surface metrics only).
+    Voxels where ``ref`` holds ``ignore_label`` count for nothing (neither in the prediction nor in the
+    reference).
     """
     pred, ref = np.asarray(pred), np.asarray(ref)
     if pred.shape != ref.shape:
         raise AutosegError(f"prediction has shape {pred.shape} but the reference has {ref.shape}; "
                            f"predictions must be exported at the reference image's geometry")
+    from .data.labels import item_mask, valid_mask
+
+    valid = valid_mask(ref, ignore_label)
     out: dict[str, dict[str, Any]] = {}
     for label in labels:
-        tp, fp, fn, tn = confusion_counts(pred, ref, int(label))
+        tp, fp, fn, tn = confusion_counts(pred, ref, label, valid)
         n_pred, n_ref = tp + fp, tp + fn
         entry: dict[str, Any] = {
             "dice": dice(tp, fp, fn), "iou": iou(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn, "tn": tn,
@@ -151,11 +178,14 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int], spac
             "one_empty": (n_pred == 0) != (n_ref == 0),
         }
         if surface_metrics:
-            d = _surface_distances(pred == label, ref == label, spacing_zyx)
+            pm, rm = item_mask(pred, _item_values(label)), item_mask(ref, _item_values(label))
+            if valid is not None:
+                pm, rm = pm & valid, rm & valid
+            d = _surface_distances(pm, rm, spacing_zyx)
             entry["hd95"] = None if d is None else _hd95_from(d)
             entry["surface_dice"] = (None if entry["both_empty"] else
                                      0.0 if d is None else _nsd_from(d, tolerance_mm))
-        out[str(int(label))] = entry
+        out[item_key(label)] = entry
     return out
 
 
@@ -165,30 +195,31 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def summarize(per_case: Mapping[str, Mapping[str, Mapping[str, Any]]], labels: Sequence[int],
-              label_names: Mapping[int, str] | None = None) -> dict[str, Any]:
+def summarize(per_case: Mapping[str, Mapping[str, Mapping[str, Any]]], labels: Sequence[Item],
+              label_names: Mapping[int | str, str] | None = None) -> dict[str, Any]:
     """Aggregate :func:`evaluate_case` results over cases.
 
     Returns ``{"num_cases", "labels", "per_class": {str(label): {name, dice, iou[, hd95,
     surface_dice], cases_defined, both_empty_cases, one_empty_cases, tp, fp, fn, worst_cases}},
     "foreground_mean": {dice, iou[, hd95, surface_dice]}, "per_case"}``. A class mean is over the
     cases where the metric is defined (``None`` if none); ``foreground_mean`` is the mean of the
-    class means of labels other than 0. ``worst_cases`` lists the lowest-Dice cases.
+    class means of labels other than 0. ``worst_cases`` lists the lowest-Dice cases. ``labels`` may hold
+    regions (lists of label values); ``label_names`` is keyed by :func:`item_key` (or by the label value).
     """
-    names = {int(k): v for k, v in (label_names or {}).items()}
+    names = {str(k): v for k, v in (label_names or {}).items()}
     per_class: dict[str, dict[str, Any]] = {}
     metric_keys = ["dice", "iou"]
-    if any("hd95" in c.get(str(int(lab)), {}) for c in per_case.values() for lab in labels):
+    if any("hd95" in c.get(item_key(lab), {}) for c in per_case.values() for lab in labels):
         metric_keys += ["hd95", "surface_dice"]
     for label in labels:
-        key = str(int(label))
+        key = item_key(label)
         entries = []
         for case_id, case in per_case.items():
             if key not in case:
                 raise AutosegError(f"case {case_id} has no metrics for label {key}; evaluate every case "
                                    f"with the same labels")
             entries.append((case_id, case[key]))
-        row: dict[str, Any] = {"name": names.get(int(label), key)}
+        row: dict[str, Any] = {"name": names.get(key, key)}
         for m in metric_keys:
             row[m] = _mean([e[m] for _, e in entries if e.get(m) is not None])
         row["cases_defined"] = sum(e["dice"] is not None for _, e in entries)
@@ -199,9 +230,10 @@ def summarize(per_case: Mapping[str, Mapping[str, Mapping[str, Any]]], labels: S
         scored = sorted((e["dice"], cid) for cid, e in entries if e["dice"] is not None)
         row["worst_cases"] = [{"case": cid, "dice": d} for d, cid in scored[:_WORST_CASES_LISTED]]
         per_class[key] = row
-    fg = [per_class[str(int(lab))] for lab in labels if int(lab) != 0]
+    fg = [per_class[item_key(lab)] for lab in labels if not _is_background(lab)]
     foreground_mean = {m: _mean([r[m] for r in fg if r[m] is not None]) for m in metric_keys}
-    return {"num_cases": len(per_case), "labels": [int(lab) for lab in labels], "per_class": per_class,
+    listed = [int(lab) if isinstance(lab, (int, np.integer)) else _item_values(lab) for lab in labels]
+    return {"num_cases": len(per_case), "labels": listed, "per_class": per_class,
             "foreground_mean": foreground_mean, "per_case": {k: dict(v) for k, v in per_case.items()}}
 
 
@@ -239,8 +271,8 @@ def format_table(summary: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- folders
 
-def _evaluate_pair(case_id: str, pred_path: str, ref_path: str, labels: list[int], surface_metrics: bool,
-                   tolerance_mm: float) -> tuple[str, dict[str, dict[str, Any]]]:
+def _evaluate_pair(case_id: str, pred_path: str, ref_path: str, labels: list[Item], surface_metrics: bool,
+                   tolerance_mm: float, ignore_label: int | None = None) -> tuple[str, dict[str, dict[str, Any]]]:
     """Read one prediction/reference pair and evaluate it (top level: runs in worker processes)."""
     from .data.image_io import read_label
 
@@ -253,8 +285,8 @@ def _evaluate_pair(case_id: str, pred_path: str, ref_path: str, labels: list[int
     if not np.allclose(pred_geom.spacing, ref_geom.spacing, rtol=1e-3, atol=1e-5):
         log.warning("case %s: prediction spacing %s differs from reference spacing %s; using the "
                     "reference's", case_id, pred_geom.spacing, ref_geom.spacing)
-    return case_id, evaluate_case(pred, ref, labels, ref_geom.spacing_zyx,
-                                  surface_metrics=surface_metrics, tolerance_mm=tolerance_mm)
+    return case_id, evaluate_case(pred, ref, labels, ref_geom.spacing_zyx, surface_metrics=surface_metrics,
+                                  tolerance_mm=tolerance_mm, ignore_label=ignore_label)
 
 
 def _cases_in(folder: Path, file_ending: str) -> dict[str, Path]:
@@ -262,11 +294,11 @@ def _cases_in(folder: Path, file_ending: str) -> dict[str, Path]:
             if p.is_file() and p.name.endswith(file_ending) and not p.name.startswith(".")}
 
 
-def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, labels: Sequence[int],
+def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, labels: Sequence[Item],
                      file_ending: str, *, num_workers: int = 1, surface_metrics: bool = False,
                      tolerance_mm: float = 1.0, progress: bool = False,
-                     label_names: Mapping[int, str] | None = None,
-                     case_ids: Sequence[str] | None = None) -> dict[str, Any]:
+                     label_names: Mapping[int | str, str] | None = None,
+                     case_ids: Sequence[str] | None = None, ignore_label: int | None = None) -> dict[str, Any]:
     """Evaluate every prediction ``pred_dir/<case><file_ending>`` against ``ref_dir/<case><file_ending>``.
 
     Cases are the prediction files (or exactly ``case_ids`` when given; then each must have a
@@ -295,7 +327,8 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, la
                            f"{', '.join(f'{c}{file_ending}' for c in no_ref[:10])}"
                            f"{' ...' if len(no_ref) > 10 else ''}; expected a label file with the same "
                            f"name for every prediction")
-    jobs = [(c, str(preds[c]), str(refs[c]), [int(v) for v in labels], surface_metrics, float(tolerance_mm))
+    items = [int(v) if isinstance(v, (int, np.integer)) else _item_values(v) for v in labels]
+    jobs = [(c, str(preds[c]), str(refs[c]), items, surface_metrics, float(tolerance_mm), ignore_label)
             for c in preds]
     results: dict[str, dict[str, dict[str, Any]]] = {}
     bar = None
@@ -328,4 +361,5 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, la
     summary = summarize(results, labels, label_names)
     summary["surface_metrics"] = bool(surface_metrics)
     summary["tolerance_mm"] = float(tolerance_mm) if surface_metrics else None
+    summary["ignore_label"] = ignore_label
     return summary

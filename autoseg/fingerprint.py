@@ -60,8 +60,9 @@ def _sample(values_mask: np.ndarray, data: np.ndarray, n: int, rng: np.random.Ra
 
 
 def fingerprint_case(files: CaseFiles, foreground_labels: list[int], ndim: int,
-                     samples_per_case: int, seed: int) -> _CaseResult:
-    """Fingerprint one case; runs in a worker. Reads every channel and the label, keeps nothing."""
+                     samples_per_case: int, seed: int, ignore_label: int | None = None) -> _CaseResult:
+    """Fingerprint one case; runs in a worker. Reads every channel and the label, keeps nothing.
+    Voxels with ``ignore_label`` are no foreground (their count is kept under that label's key)."""
     from .data.image_io import read_image, read_label
 
     channels = []
@@ -91,6 +92,8 @@ def fingerprint_case(files: CaseFiles, foreground_labels: list[int], ndim: int,
 
     rng = np.random.RandomState(seed)
     foreground = seg > 0
+    if ignore_label is not None:
+        foreground &= seg != ignore_label
     fallback = not foreground.any()
     if fallback:  # no labelled voxel in this case: nonzero voxels stand in (used only if all cases are so)
         samples = _sample(np.any(data != 0, axis=0), data, samples_per_case, rng)
@@ -115,6 +118,8 @@ def fingerprint_case(files: CaseFiles, foreground_labels: list[int], ndim: int,
             components[lab] = np.bincount(cc.ravel(), minlength=n + 1)[1:].astype(np.int64)
         else:
             components[lab] = np.zeros(0, dtype=np.int64)
+    if ignore_label is not None:
+        label_voxels[str(ignore_label)] = int(np.count_nonzero(seg_int == ignore_label))
     case = CaseFingerprint(case_id=files.case_id, spacing_zyx_mm=spacing, shape_zyx=shape,
                            shape_after_crop_zyx=shape_after, relative_size_after_crop=relative,
                            label_voxels=label_voxels)
@@ -123,11 +128,11 @@ def fingerprint_case(files: CaseFiles, foreground_labels: list[int], ndim: int,
 
 
 def _fingerprint_case_in_worker(files: CaseFiles, foreground_labels: list[int], ndim: int,
-                                samples_per_case: int, seed: int) -> _CaseResult:
+                                samples_per_case: int, seed: int, ignore_label: int | None = None) -> _CaseResult:
     """:func:`fingerprint_case` for a pool: user errors come back as plain AutosegError, because
     subclasses with extra constructor arguments (DatasetError) cannot be unpickled by the parent."""
     try:
-        return fingerprint_case(files, foreground_labels, ndim, samples_per_case, seed)
+        return fingerprint_case(files, foreground_labels, ndim, samples_per_case, seed, ignore_label)
     except AutosegError as e:
         raise AutosegError(str(e)) from None
 
@@ -174,14 +179,15 @@ def _run_cases(manifest: DatasetManifest, num_workers: int | None, progress: boo
     try:
         if num_workers <= 1:
             for i, c in enumerate(cases):
-                results[i] = fingerprint_case(c, labels, manifest.ndim, samples_per_case, seed + i)
+                results[i] = fingerprint_case(c, labels, manifest.ndim, samples_per_case, seed + i,
+                                              manifest.ignore_label)
                 bar.update()
         else:
             # The platform's default start method (fork on Linux): unlike spawn, it needs no
             # `if __name__ == "__main__"` guard in the user's script or notebook.
             with cf.ProcessPoolExecutor(max_workers=num_workers) as pool:
                 futures = {pool.submit(_fingerprint_case_in_worker, c, labels, manifest.ndim, samples_per_case,
-                                       seed + i): i for i, c in enumerate(cases)}
+                                       seed + i, manifest.ignore_label): i for i, c in enumerate(cases)}
                 for fut in cf.as_completed(futures):
                     results[futures[fut]] = fut.result()
                     bar.update()
@@ -267,10 +273,18 @@ def extract_fingerprint(manifest: DatasetManifest, *, num_workers: int | None = 
             logger.info("label %d (%s) is absent in %d of %d cases", ls.label, ls.name,
                         len(ls.absent_in_cases), n_cases)
     cases = [r.case for r in results]
+    ignored = None
+    if manifest.ignore_label is not None:
+        key = str(manifest.ignore_label)
+        n_ignored = sum(c.label_voxels.get(key, 0) for c in cases)
+        n_all = sum(int(np.prod(c.shape_zyx, dtype=np.int64)) for c in cases)
+        ignored = n_ignored / max(1, n_all)
+        logger.info("ignore label %d: %d voxels (%.1f%% of all) are unannotated and count for no loss and no "
+                    "metric", manifest.ignore_label, n_ignored, 100 * ignored)
     return Fingerprint(
         schema_version=SCHEMA_VERSION, dataset_name=manifest.name, dataset_hash=manifest.dataset_hash,
         ndim=manifest.ndim, channel_names=dict(manifest.channel_names), labels=dict(manifest.labels),
         cases=cases, intensity=intensity, label_stats=label_stats,
         median_relative_size_after_crop=float(np.median([c.relative_size_after_crop for c in cases])),
-        intensity_sample_seed=seed,
+        intensity_sample_seed=seed, label_spec=manifest.label_spec, ignored_voxel_fraction=ignored,
     )

@@ -233,6 +233,57 @@ class CaseFiles:
 
 
 @dataclass(frozen=True)
+class LabelSpec:
+    """How label maps become the network's targets, and its outputs a label map again (nnU-Net v2 semantics).
+
+    * Plain labels: ``labels`` name -> value (background 0, values 0..K-1); one softmax output per label.
+    * Region-based (``regions`` set): one sigmoid output per region, region ``i`` covering the label
+      values ``regions[name_i]`` (e.g. BraTS: whole tumour [1, 2, 3], tumour core [2, 3], enhancing [3]);
+      a label map is made back by painting ``regions_class_order[i]`` wherever region ``i`` is predicted,
+      in order. ``labels`` then holds every value the label files may contain.
+    * ``ignore_label``: voxels with this value (nnU-Net: the highest value) contribute to no loss term and
+      no metric and are never sampled as foreground; it is not in ``labels``.
+
+    Array functions: ``autoseg/data/labels.py``.
+    """
+
+    labels: dict[str, int]
+    regions: dict[str, list[int]] = field(default_factory=dict)
+    regions_class_order: list[int] = field(default_factory=list)
+    ignore_label: int | None = None
+
+    @property
+    def region_based(self) -> bool:
+        return bool(self.regions)
+
+    @property
+    def foreground_labels(self) -> list[int]:
+        """Label values other than background (the ignore label is not one)."""
+        return sorted(v for v in self.labels.values() if v != 0)
+
+    @property
+    def num_outputs(self) -> int:
+        """Output channels of the network: one per region, else one per label (background included)."""
+        return len(self.regions) if self.regions else len(self.labels)
+
+    @property
+    def allowed_values(self) -> list[int]:
+        """Every value a label file may hold."""
+        return sorted({*self.labels.values(), *([] if self.ignore_label is None else [self.ignore_label])})
+
+    def items(self) -> list[tuple[str, tuple[int, ...]]]:
+        """What is scored: ``(name, label values)`` per region, else per foreground label."""
+        if self.regions:
+            return [(name, tuple(int(v) for v in values)) for name, values in self.regions.items()]
+        return [(name, (int(v),)) for name, v in sorted(self.labels.items(), key=lambda kv: kv[1]) if v != 0]
+
+    @staticmethod
+    def plain(num_classes: int) -> LabelSpec:
+        """Labels 0..num_classes-1 without names (plans written before label specs existed)."""
+        return LabelSpec(labels={"background": 0, **{f"label_{i}": i for i in range(1, int(num_classes))}})
+
+
+@dataclass(frozen=True)
 class DatasetManifest:
     """A validated raw dataset in nnU-Net v2 layout."""
 
@@ -247,6 +298,16 @@ class DatasetManifest:
     ndim: int = 3  # 2 when every image file is 2D
     dataset_hash: str = ""  # hash of dataset.json and every file's name and content (never timestamps)
     file_digests: dict[str, str] = field(default_factory=dict)  # absolute path -> content digest
+    # region-based labels (name -> label values, in output order) and the order they are painted back in,
+    # and the ignore label (not in ``labels``); see LabelSpec
+    regions: dict[str, list[int]] = field(default_factory=dict)
+    regions_class_order: list[int] = field(default_factory=list)
+    ignore_label: int | None = None
+
+    @property
+    def label_spec(self) -> LabelSpec:
+        return LabelSpec(labels=dict(self.labels), regions={k: list(v) for k, v in self.regions.items()},
+                         regions_class_order=list(self.regions_class_order), ignore_label=self.ignore_label)
 
     @property
     def num_channels(self) -> int:
@@ -314,6 +375,12 @@ class Fingerprint:
     label_stats: list[LabelStats]
     median_relative_size_after_crop: float
     intensity_sample_seed: int = 1234
+    label_spec: LabelSpec | None = None  # regions and the ignore label (None: plain labels from ``labels``)
+    ignored_voxel_fraction: float | None = None  # share of all voxels with the ignore label (None: no ignore label)
+
+    @property
+    def labels_spec(self) -> LabelSpec:
+        return self.label_spec if self.label_spec is not None else LabelSpec(labels=dict(self.labels))
 
 
 # --------------------------------------------------------------------------- hardware
@@ -417,6 +484,12 @@ class ConfigurationPlan:
     previous_stage: ConfigurationName | None = None
     next_stage: ConfigurationName | None = None
     decisions: list[Decision] = field(default_factory=list)
+    label_spec: LabelSpec | None = None  # None: plans made before label specs (plain labels 0..num_classes-1)
+
+    @property
+    def labels(self) -> LabelSpec:
+        """The label spec the network was planned for."""
+        return self.label_spec if self.label_spec is not None else LabelSpec.plain(self.network.num_classes)
 
 
 @dataclass(frozen=True)
@@ -550,7 +623,7 @@ class FoldSummary:
     fold: str
     checkpoint_hash: str
     num_cases: int
-    labels: list[int]
+    labels: list[int | list[int]]  # label values, or regions (the label values each covers)
     per_class: dict[str, Any]
     foreground_mean: dict[str, Any]
     per_case: dict[str, Any]

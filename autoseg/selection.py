@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import AutosegError
-from .schemas import SCHEMA_VERSION, Candidate, FoldSummary, Selection, Splits, save_json
+from .schemas import SCHEMA_VERSION, Candidate, FoldSummary, LabelSpec, Selection, Splits, save_json
 from .store import RunStore, freshness, plans_hash, validation_hash
 from .workdir import Workdir
 
@@ -130,7 +130,8 @@ def _read_prediction(path: Path, shape: tuple[int, ...], case_id: str) -> np.nda
 
 def _score_candidates(wd: Workdir, singles: list[str], ensembles: list[tuple[str, ...]],
                       fold_of_case: dict[str, int], references: dict[str, str], file_ending: str,
-                      fg: list[int], progress: bool, num_workers: int = 1) -> dict[tuple[str, ...], dict[str, Any]]:
+                      fg: list, progress: bool, num_workers: int = 1, spec: LabelSpec | None = None,
+                      names: dict[str, str] | None = None) -> dict[tuple[str, ...], dict[str, Any]]:
     """Per candidate (tuple of configurations) the :func:`evaluation.summarize` of the merged CV;
     the cases are scored in ``num_workers`` forked processes when that is > 1."""
     from tqdm import tqdm
@@ -141,6 +142,7 @@ def _score_candidates(wd: Workdir, singles: list[str], ensembles: list[tuple[str
     from .parallel import fork_map
 
     members = sorted({c for e in ensembles for c in e})
+    ignore = spec.ignore_label if spec is not None else None
 
     def score(cid: str) -> dict[tuple[str, ...], Any]:
         fold = fold_of_case[cid]
@@ -148,15 +150,15 @@ def _score_candidates(wd: Workdir, singles: list[str], ensembles: list[tuple[str
         out: dict[tuple[str, ...], Any] = {}
         for c in singles:
             seg = _read_prediction(wd.validation_dir(c, fold) / f"{cid}{file_ending}", ref.shape, cid)
-            out[(c,)] = evaluate_case(seg, ref, fg, geom.spacing_zyx)
+            out[(c,)] = evaluate_case(seg, ref, fg, geom.spacing_zyx, ignore_label=ignore)
         if ensembles:
             paths = {c: wd.validation_probabilities(c, fold, cid) for c in members}
-            for e, seg in segmentations_of_ensembles(paths, ensembles).items():
+            for e, seg in segmentations_of_ensembles(paths, ensembles, spec=spec).items():
                 if seg.shape != ref.shape:
                     raise AutosegError(f"case {cid}: probabilities of {', '.join(e)} have spatial shape "
                                        f"{seg.shape} but the reference label has {ref.shape}; predict the "
                                        f"case again at the original geometry")
-                out[e] = evaluate_case(seg, ref, fg, geom.spacing_zyx)
+                out[e] = evaluate_case(seg, ref, fg, geom.spacing_zyx, ignore_label=ignore)
         return out
 
     case_ids = list(fold_of_case)
@@ -167,7 +169,7 @@ def _score_candidates(wd: Workdir, singles: list[str], ensembles: list[tuple[str
     for cid, scores in zip(case_ids, results):
         for candidate, result in scores.items():
             per_case[candidate][cid] = result
-    return {k: summarize(v, fg) for k, v in per_case.items()}
+    return {k: summarize(v, fg, names) for k, v in per_case.items()}
 
 
 def _nan(v: float | None) -> float:
@@ -201,6 +203,7 @@ def find_best(workdir: str | Path, *, configurations: list[str] | None = None, f
     kept when its plans hash, folds, configurations and fold summaries (validation_hash) match.
     """
     from .inference.ensemble import iter_cv_ensemble_segmentations
+    from .data.labels import scored_items
     from .inference.postprocess import determine_postprocessing, foreground_mean
     from .parallel import fork_map
 
@@ -262,13 +265,14 @@ def find_best(workdir: str | Path, *, configurations: list[str] | None = None, f
                            f"manifest: {', '.join(unknown[:10])}; rerun `autoseg plan --overwrite` so the "
                            f"splits match the dataset")
     references = {cid: str(cases[cid].label) for cid in fold_of_case}
-    fg = manifest.foreground_labels
+    spec = manifest.label_spec
+    fg, names = scored_items(spec)  # foreground labels, or regions
     ensembles = _ensembles(with_probs)
     log.info("scoring %d configuration(s) and %d ensemble(s) on %d CV cases (folds %s)", len(complete),
              len(ensembles), len(fold_of_case), folds)
     workers = max(1, int(num_workers or 1))
     summaries = _score_candidates(wd, complete, ensembles, fold_of_case, references, manifest.file_ending,
-                                  fg, progress, workers)
+                                  fg, progress, workers, spec=spec, names=names)
     seconds = {c: _seconds_per_case(c, [fold_summaries[c, f] for f in folds]) for c in complete}
     candidates = []
     for members, s in summaries.items():
@@ -288,10 +292,12 @@ def find_best(workdir: str | Path, *, configurations: list[str] | None = None, f
                                     shape, cid)
     else:
         def segmentation(cid: str, shape: tuple[int, ...]) -> np.ndarray:
-            return next(iter_cv_ensemble_segmentations(wd, winner.configurations, {cid: fold_of_case[cid]}))[1]
+            return next(iter_cv_ensemble_segmentations(wd, winner.configurations, {cid: fold_of_case[cid]},
+                                                       spec))[1]
 
     steps, _, after = determine_postprocessing(_CVCases(segmentation, references), fg,
-                                               map_cases=lambda fn, ids: fork_map(fn, ids, workers))
+                                               map_cases=lambda fn, ids: fork_map(fn, ids, workers),
+                                               ignore_label=spec.ignore_label)
     selection = Selection(
         schema_version=SCHEMA_VERSION, plans_hash=phash, folds=folds, candidates=candidates,
         winner=winner.name, winner_configurations=list(winner.configurations), postprocessing=steps,

@@ -331,16 +331,42 @@ def test_dataset_json_missing_key(ds: Path) -> None:
     (dict(labels={"0": "background", "1": "a"}), ["v1 form"]),
     (dict(channel_names=["CT"]), ["channel_names"]),
     (dict(file_ending="nii.gz"), ["file_ending", "did you mean '.nii.gz'"]),
-    (dict(labels={"background": 0, "a": 1, "ignore": 2}), ["'ignore'", "not supported yet"]),
+    (dict(labels={"background": 0, "a": 1, "b": 2, "ignore": 1}), ["'ignore'", "value of its own", "e.g. 3"]),
+    (dict(labels={"background": 0, "whole": [1, 2], "core": 2}), ["regions_class_order", "2 regions", "[2, 2]"]),
+    (dict(labels={"background": 0, "whole": [1, 2], "core": 2}, regions_class_order=[1]),
+     ["'regions_class_order' has 1 entries", "2 regions"]),
+    (dict(labels={"background": 0, "whole": [], "core": 2}, regions_class_order=[1, 2]), ["region 'whole'", "[]"]),
 ])
 def test_dataset_json_wrong_types(ds: Path, changes: dict, words: list[str]) -> None:
     _edit_json(ds, **changes)
     _one_problem_naming(ds, "dataset.json", *words)
 
 
-def test_region_based_labels_are_refused(ds: Path) -> None:
-    _edit_json(ds, labels={"background": 0, "whole": [1, 2], "core": 2}, regions_class_order=[1, 2])
-    _one_problem_naming(ds, "dataset.json", "region-based", "not supported yet", "'whole'")
+def test_region_based_labels_and_the_ignore_label_are_read_as_nnunet_v2_means_them(ds: Path) -> None:
+    _edit_json(ds, labels={"background": 0, "whole": [1, 2], "core": 2, "ignore": 3}, regions_class_order=[1, 2])
+    m = load_dataset(ds)
+    assert m.regions == {"whole": [1, 2], "core": [2]} and m.regions_class_order == [1, 2]
+    assert m.ignore_label == 3 and 3 not in m.labels.values()
+    assert m.labels == {"background": 0, "whole": 1, "core": 2}  # each value named after the region painting it
+    spec = m.label_spec
+    assert spec.num_outputs == 2 and spec.allowed_values == [0, 1, 2, 3]
+
+
+def test_a_label_file_may_hold_the_ignore_label_but_no_undeclared_value(ds: Path) -> None:
+    _edit_json(ds, labels={"background": 0, "a": 1, "b": 2, "ignore": 3})
+    path = ds / "labelsTr/synth_000.nii.gz"
+    img = sitk.ReadImage(str(path))
+    arr = sitk.GetArrayFromImage(img)
+    arr[0, 0, :2] = 3
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    sitk.WriteImage(out, str(path))
+    assert load_dataset(ds).ignore_label == 3
+    arr[0, 0, :2] = 4
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    sitk.WriteImage(out, str(path))
+    _one_problem_naming(ds, "synth_000", "[4]", "not declared")
 
 
 # --------------------------------------------------------------------------- all at once

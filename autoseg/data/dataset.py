@@ -331,7 +331,8 @@ def load_dataset(root: str | Path, *, num_workers: int = 1, progress: bool = Fal
                         f"{len(train.cases)} case(s); set numTraining to {len(train.cases)}")
 
     n_channels = len(dj.channel_names) if dj and dj.channel_names else None
-    declared = set(dj.labels.values()) if dj and dj.labels else None
+    declared = ({*dj.labels.values(), *([] if dj.ignore_label is None else [dj.ignore_label])}
+                if dj and dj.labels else None)
     jobs = [(root, cid, train.cases[cid], labels.get(cid), n_channels, declared, file_ending)
             for cid in sorted(train.cases)]
     results = _run_checks(jobs, num_workers, progress)
@@ -372,7 +373,8 @@ def load_dataset(root: str | Path, *, num_workers: int = 1, progress: bool = Fal
         root=str(root),
         name=root.name,
         channel_names=dj.channel_names,
-        labels=dj.labels,
+        labels=dj.labels, regions=dict(dj.regions), regions_class_order=list(dj.regions_class_order),
+        ignore_label=dj.ignore_label,
         file_ending=file_ending,
         cases=case_files(train, True),
         test_cases=case_files(test, False),
@@ -380,8 +382,10 @@ def load_dataset(root: str | Path, *, num_workers: int = 1, progress: bool = Fal
         dataset_hash=_dataset_hash(root, dj.raw, file_digests),
         file_digests=file_digests,
     )
-    log.info("dataset %s: %d training case(s), %d test case(s), %dD, %d channel(s), labels %s",
+    log.info("dataset %s: %d training case(s), %d test case(s), %dD, %d channel(s), labels %s%s%s",
              manifest.name, len(manifest.cases), len(manifest.test_cases), manifest.ndim,
-             manifest.num_channels, manifest.labels)
+             manifest.num_channels, manifest.labels,
+             f", regions {manifest.regions} painted as {manifest.regions_class_order}" if manifest.regions else "",
+             f", ignore label {manifest.ignore_label}" if manifest.ignore_label is not None else "")
     return manifest
 

@@ -77,8 +77,9 @@ def bias_field(rng: np.random.Generator, shape: tuple[int, int, int], strength: 
 
 def _make_case(rng: np.random.Generator, shape: tuple[int, int, int], spacing_zyx: np.ndarray,
                n_channels: int, n_labels: int, flat: bool, offset: float,
-               bias_strength: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """One case: image (C, Z, Y, X) float32 and label (Z, Y, X) uint8. ``flat``: 2D (Z == 1)."""
+               bias_strength: float = 0.0, nested: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """One case: image (C, Z, Y, X) float32 and label (Z, Y, X) uint8. ``flat``: 2D (Z == 1). ``nested``:
+    label k+1 lies inside label k (a tumour's edema, core and enhancing part)."""
     shp = np.array(shape, dtype=float)
     extent_mm = shp * spacing_zyx
     if flat:
@@ -96,6 +97,17 @@ def _make_case(rng: np.random.Generator, shape: tuple[int, int, int], spacing_zy
         radii = np.maximum(radius_mm / spacing_zyx, 1.0)
         if flat:
             radii[0] = 1.0
+        if nested and taken:  # inside the previous label, ~0.6 of its size, a little off-centre
+            prev_c, prev_r = taken[-1]
+            radii = np.maximum(prev_r * rng.uniform(0.55, 0.65, 3), 1.0)
+            if flat:
+                radii[0] = 1.0
+            center = prev_c + (prev_r - radii) * rng.uniform(-0.4, 0.4, 3)
+            if flat:
+                center[0] = 0.0
+            taken.append((center, radii))
+            label[_ellipsoid(shape, center, radii)] = k
+            continue
         center = _place(rng, shp, radii, taken)
         if flat:
             center[0] = 0.0
@@ -117,7 +129,8 @@ def make_synthetic_dataset(root: str | Path, *, ndim: int = 3, n_cases: int = 6,
                            n_channels: int = 1, n_labels: int = 2, file_ending: str = ".nii.gz",
                            channel_names: Sequence[str] | None = None, seed: int = 0, rgb: bool = False,
                            with_test_cases: int = 0, intensity_offset: float = 0.0,
-                           bias_field_strength: float = 0.0, test_labels: bool = False) -> Path:
+                           bias_field_strength: float = 0.0, test_labels: bool = False,
+                           regions: bool = False, ignore_fraction: float = 0.0) -> Path:
     """Write a valid nnU-Net-layout dataset of ``n_cases`` training cases at ``root``; return ``root``.
 
     ``shape`` and ``spacing_zyx`` (mm) are in array order (Z, Y, X); for ``ndim=2`` pass (Y, X) (a
@@ -129,6 +142,11 @@ def make_synthetic_dataset(root: str | Path, *, ndim: int = 3, n_cases: int = 6,
     to every voxel inside the body. ``bias_field_strength`` s > 0: each channel of each case is
     multiplied by a smooth random field in [exp(-s), exp(s)] (see :func:`bias_field`) before the
     noise. PNG/BMP intensities are clipped to 0..255.
+
+    ``regions``: nested labels (label k+1 inside label k) declared as nnU-Net v2 regions, BraTS-like:
+    region k covers labels k..n_labels, ``regions_class_order`` [1..n_labels]. ``ignore_fraction`` f > 0:
+    the label files mark that share of the slices (rows in 2D) of every training case as unannotated with
+    the ignore label n_labels + 1 (``"ignore"`` in dataset.json); the images are unchanged.
     """
     if ndim not in (2, 3):
         raise ValueError(f"ndim must be 2 or 3, got {ndim}")
@@ -164,7 +182,14 @@ def make_synthetic_dataset(root: str | Path, *, ndim: int = 3, n_cases: int = 6,
     for i in range(n_cases + with_test_cases):
         cid = case_id(i)
         image, label = _make_case(rng, shape3, spacing_arr, n_img_channels, n_labels, ndim == 2,
-                                  intensity_offset, bias_field_strength)
+                                  intensity_offset, bias_field_strength, nested=regions)
+        if ignore_fraction > 0 and i < n_cases:
+            axis = 1 if ndim == 2 else 0
+            n = label.shape[axis]
+            hidden = rng.choice(n, size=max(1, int(round(ignore_fraction * n))), replace=False)
+            index = [slice(None)] * 3
+            index[axis] = np.sort(hidden)
+            label[tuple(index)] = n_labels + 1
         if natural:
             image = np.clip(image, 0, 255)
         folder = root / ("imagesTr" if i < n_cases else "imagesTs")
@@ -179,9 +204,15 @@ def make_synthetic_dataset(root: str | Path, *, ndim: int = 3, n_cases: int = 6,
             write_segmentation(label, geometry, root / ("labelsTr" if i < n_cases else "labelsTs")
                                / f"{cid}{file_ending}")
 
-    labels = {"background": 0, **{f"label_{k}": k for k in range(1, n_labels + 1)}}
+    labels: dict = {"background": 0, **{f"label_{k}": k for k in range(1, n_labels + 1)}}
+    if regions:
+        labels = {"background": 0, **{f"region_{k}": list(range(k, n_labels + 1)) for k in range(1, n_labels + 1)}}
+    if ignore_fraction > 0:
+        labels["ignore"] = n_labels + 1
     dataset_json = {"channel_names": {str(c): name for c, name in enumerate(channel_names)},
                     "labels": labels, "numTraining": n_cases, "file_ending": file_ending,
                     "name": f"synthetic {ndim}D dataset (seed {seed})"}
+    if regions:
+        dataset_json["regions_class_order"] = list(range(1, n_labels + 1))
     (root / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n", encoding="utf-8")
     return root

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AutosegError
+from ..schemas import LabelSpec
 from ..workdir import Workdir
 from ..model.export import load_probabilities, probabilities_to_segmentation
 
@@ -53,13 +54,14 @@ def average_probabilities(paths: Sequence[str | os.PathLike]) -> np.ndarray:
     return acc
 
 
-def ensemble_segmentation(paths: Sequence[str | os.PathLike]) -> np.ndarray:
-    """Argmax of :func:`average_probabilities`: a ``(Z, Y, X)`` label map (uint8 for up to 256 classes)."""
-    return probabilities_to_segmentation(average_probabilities(paths))
+def ensemble_segmentation(paths: Sequence[str | os.PathLike], spec: LabelSpec | None = None) -> np.ndarray:
+    """The label map of :func:`average_probabilities`: argmax (uint8 for up to 256 classes), or the averaged
+    region probabilities painted in ``regions_class_order`` for a region-based ``spec``."""
+    return probabilities_to_segmentation(average_probabilities(paths), spec)
 
 
 def segmentations_of_ensembles(member_paths: Mapping[str, str | os.PathLike],
-                               ensembles: Sequence[Sequence[str]], *,
+                               ensembles: Sequence[Sequence[str]], *, spec: LabelSpec | None = None,
                                max_cache_bytes: int = DEFAULT_CACHE_BYTES) -> dict[tuple[str, ...], np.ndarray]:
     """One case, several ensembles: ``{tuple(members): (Z, Y, X) segmentation}``.
 
@@ -81,7 +83,7 @@ def segmentations_of_ensembles(member_paths: Mapping[str, str | os.PathLike],
                   len(needed), first.nbytes * len(needed) / 1e9, max_cache_bytes / 1e9)
         del first
         for e in ensembles:
-            out[tuple(e)] = ensemble_segmentation([member_paths[m] for m in e])
+            out[tuple(e)] = ensemble_segmentation([member_paths[m] for m in e], spec)
         return out
     cache = {needed[0]: first}
     for m in needed[1:]:
@@ -93,7 +95,8 @@ def segmentations_of_ensembles(member_paths: Mapping[str, str | os.PathLike],
         acc = cache[e[0]].copy()
         for m in e[1:]:
             acc += cache[m]
-        out[tuple(e)] = probabilities_to_segmentation(acc)  # argmax of the sum == argmax of the mean
+        acc /= np.float32(len(e))  # the mean (regions are thresholded at 0.5; the argmax would not need it)
+        out[tuple(e)] = probabilities_to_segmentation(acc, spec)
     return out
 
 
@@ -102,8 +105,8 @@ def cv_probability_paths(wd: Workdir, configuration: str, fold_of_case: Mapping[
     return {cid: wd.validation_probabilities(configuration, fold, cid) for cid, fold in fold_of_case.items()}
 
 
-def iter_cv_ensemble_segmentations(wd: Workdir, configurations: Sequence[str],
-                                   fold_of_case: Mapping[str, int]) -> Iterator[tuple[str, np.ndarray]]:
+def iter_cv_ensemble_segmentations(wd: Workdir, configurations: Sequence[str], fold_of_case: Mapping[str, int],
+                                   spec: LabelSpec | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """``(case_id, (Z, Y, X) segmentation)`` of the ensemble of ``configurations`` for every CV case.
 
     ``fold_of_case`` maps each case to the fold whose validation set held it (the merged
@@ -111,4 +114,4 @@ def iter_cv_ensemble_segmentations(wd: Workdir, configurations: Sequence[str],
     """
     paths = {c: cv_probability_paths(wd, c, fold_of_case) for c in configurations}
     for cid in fold_of_case:
-        yield cid, ensemble_segmentation([paths[c][cid] for c in configurations])
+        yield cid, ensemble_segmentation([paths[c][cid] for c in configurations], spec)

@@ -9,6 +9,9 @@ Step kinds (see :class:`autoseg.schemas.PostprocessingStep`):
   * ``largest_component``: per label in ``labels``; keep that label's largest component.
   * ``remove_small_components``: per label in ``min_size_voxels``; set components smaller than the
     size (in voxels) to background.
+  * ``largest_component_region`` (region-based datasets): the voxels of the region's labels (``labels``)
+    together; keep the largest component, set the rest to background. Learned by
+    :mod:`autoseg.inference.postprocess_regions`.
 
 Learning (:func:`determine_postprocessing`) follows nnU-Net's "never make a class worse" rule and
 adds a per-label minimum component size tuned on the CV predictions. Because a per-label step only
@@ -35,7 +38,7 @@ from ..schemas import PostprocessingStep
 
 log = logging.getLogger(__name__)
 
-KINDS = ("largest_component_foreground", "largest_component", "remove_small_components")
+KINDS = ("largest_component_foreground", "largest_component", "remove_small_components", "largest_component_region")
 _EPS = 1e-9  # Dice differences below this are float noise, neither better nor worse
 _SIZE_FACTORS = (0.1, 0.25, 0.5)  # candidate minimum sizes: reference object size quantiles times these
 _SIZE_QUANTILES = (0.0, 0.1, 0.5)
@@ -124,6 +127,9 @@ def apply_postprocessing(seg: np.ndarray, steps: Sequence[PostprocessingStep]) -
             for label in step.labels:
                 m = out == int(label)
                 out[m & ~keep_largest_component(m)] = 0
+        elif step.kind == "largest_component_region":  # the region's labels together (postprocess_regions.py)
+            m = np.isin(out, [int(v) for v in step.labels])
+            out[m & ~keep_largest_component(m)] = 0
         else:
             for label, size in step.min_size_voxels.items():
                 m = out == int(label)
@@ -277,14 +283,35 @@ def _pass2_case(seg: np.ndarray, ref: np.ndarray, fg: Sequence[int],
     return [_label_case(seg, ref, label) for label in fg]
 
 
+class without_ignored(Mapping):  # noqa: N801 - used like a function
+    """``cases`` with the voxels whose reference is ``ignore`` set to background in both label maps."""
+
+    def __init__(self, cases: Mapping[str, tuple[np.ndarray, np.ndarray, Sequence[float]]], ignore: int):
+        self._cases, self._ignore = cases, int(ignore)
+
+    def __getitem__(self, cid: str) -> tuple[np.ndarray, np.ndarray, Sequence[float]]:
+        seg, ref, spacing = self._cases[cid]
+        seg, ref = np.array(seg), np.array(ref)
+        m = ref == self._ignore
+        seg[m], ref[m] = 0, 0
+        return seg, ref, spacing
+
+    def __iter__(self):
+        return iter(self._cases)
+
+    def __len__(self) -> int:
+        return len(self._cases)
+
+
 def _serial_map(fn: Callable[[str], Any], case_ids: Sequence[str]) -> list[Any]:
     return [fn(cid) for cid in case_ids]
 
 
 def determine_postprocessing(
         cases: Mapping[str, tuple[np.ndarray, np.ndarray, Sequence[float]]],
-        labels: Sequence[int],
+        labels: Sequence[int] | Sequence[Sequence[int]],
         map_cases: Callable[[Callable[[str], Any], Sequence[str]], list[Any]] | None = None,
+        ignore_label: int | None = None,
 ) -> tuple[list[PostprocessingStep], dict[str, float], dict[str, float]]:
     """Learn which postprocessing steps help on cross-validation predictions.
 
@@ -293,7 +320,8 @@ def determine_postprocessing(
             ``(Z, Y, X)`` of equal shape, spacing in mm (kept for the contract; Dice needs none).
             Values are fetched case by case and at most twice per case, so a lazy Mapping that
             reads them from disk keeps memory to one case.
-        labels: the foreground labels to score (0 is ignored).
+        labels: the foreground labels to score (0 is ignored); lists of labels are regions, learned by
+            :func:`autoseg.inference.postprocess_regions.determine_region_postprocessing`.
         map_cases: ``map_cases(fn, case_ids) -> [fn(case_id), ...]`` in order; runs the per-case
             work of both passes (e.g. :func:`autoseg.parallel.fork_map` in processes). Default:
             one case after the other.
@@ -308,10 +336,18 @@ def determine_postprocessing(
          false positive smaller than the smallest true-positive component): the best size is
          accepted if that label's Dice improves.
 
+    Voxels whose reference is ``ignore_label`` are set to background in both maps before scoring.
+
     Returns:
         ``(steps, dice_before_per_class, dice_after_per_class)``; the dicts map ``str(label)`` to the
         mean Dice over the cases where it is defined (NaN when none is).
     """
+    if any(not isinstance(v, (int, np.integer)) for v in labels):
+        from .postprocess_regions import determine_region_postprocessing
+
+        return determine_region_postprocessing(cases, [list(v) for v in labels], map_cases, ignore_label)
+    if ignore_label is not None:
+        cases = without_ignored(cases, ignore_label)
     fg = [int(v) for v in labels if int(v) != 0]
     keys = [str(v) for v in fg]
     if not cases:

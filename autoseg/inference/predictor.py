@@ -153,7 +153,8 @@ class Predictor:
                                f"channels {sorted(channels)}; predict them separately")
         self.num_channels = channels.pop()
         self.channel_names = [n.name for n in plans[0].normalization]
-        self.num_classes = plans[0].network.num_classes
+        self.num_classes = plans[0].network.num_classes  # output channels: classes, or regions
+        self.label_spec = plans[0].labels
         self.image_ndim = trained_image_ndim(self.plans, self.store)  # 2 or 3: the images the networks were trained on
 
         fold_list = [str(f) for f in (folds if folds is not None else self._default_folds())]
@@ -336,7 +337,7 @@ class Predictor:
                 probs = self._predict_configuration(index, prepared, inputs_of_next,
                                                     members if name in self.configurations else None)
                 if name in self.previous_stages.values():
-                    inputs_of_next[name] = probabilities_to_segmentation(probs)  # argmax, no postprocessing
+                    inputs_of_next[name] = probabilities_to_segmentation(probs, self.label_spec)  # no postprocessing
                 if name in self.configurations:
                     total = probs if total is None else np.add(total, probs, out=total)
                 del probs
@@ -344,7 +345,7 @@ class Predictor:
             assert total is not None
             if len(self.configurations) > 1:
                 total /= len(self.configurations)
-            seg = probabilities_to_segmentation(total)
+            seg = probabilities_to_segmentation(total, self.label_spec)
             if self.postprocessing:
                 from .postprocess import apply_postprocessing
 

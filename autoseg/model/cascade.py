@@ -19,8 +19,9 @@ from ..schemas import CaseProperties, ConfigurationPlan
 
 
 def cascade_foreground_labels(config: ConfigurationPlan) -> list[int]:
-    """The labels fed as one-hot input channels: every foreground class 1..num_classes-1."""
-    return list(range(1, int(config.network.num_classes)))
+    """The labels fed as one-hot input channels: every foreground label of the plan (for regions, every label
+    value a painted label map can hold; never the ignore label)."""
+    return config.labels.foreground_labels
 
 
 def one_hot_foreground(seg: np.ndarray, labels: Sequence[int], dtype: Any = np.float32) -> np.ndarray:

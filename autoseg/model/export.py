@@ -20,11 +20,10 @@ import torch
 
 from ..atomic import atomic_write
 from ..errors import AutosegError
-from ..schemas import CaseProperties, ConfigurationPlan
+from ..schemas import CaseProperties, ConfigurationPlan, LabelSpec
 
 log = logging.getLogger(__name__)
 
-_ARGMAX_SLAB_VOXELS = 1 << 24  # argmax in slabs of ~16M voxels: bounds the int64 temporary
 
 
 def logits_to_original_probabilities(logits: np.ndarray | torch.Tensor, properties: CaseProperties,
@@ -38,8 +37,9 @@ def logits_to_original_probabilities(logits: np.ndarray | torch.Tensor, properti
         plan: the configuration the logits were predicted with (transpose, resampling orders).
 
     Returns:
-        float32 softmax probabilities of shape ``(K, *properties.shape_before_crop_zyx)``; outside
-        the crop box the background (class 0) has probability 1 and every other class 0.
+        float32 probabilities of shape ``(K, *properties.shape_before_crop_zyx)``: softmax over the classes,
+        or a sigmoid per region for a region-based plan; outside the crop box the background (class 0) has
+        probability 1 and every other class (every region) 0.
 
     Memory (float32, K classes): one softmax copy at the preprocessed resolution (4K bytes per
     preprocessed voxel, freed before the paste), then at the original resolution the cropped
@@ -60,7 +60,10 @@ def logits_to_original_probabilities(logits: np.ndarray | torch.Tensor, properti
         raise AutosegError(f"{where}: logits have spatial shape {tuple(x.shape[1:])} after transposing "
                            f"back, but the preprocessed case has {expected}; the logits do not belong "
                            f"to this case's preprocessed data (rerun preprocessing or prediction)")
-    probs = torch.softmax(x.float(), dim=0).numpy()  # one new float32 copy; logits untouched
+    from ..data.labels import activation, background_probabilities
+
+    spec = plan.labels
+    probs = activation(x.float(), spec, dim=0).numpy()  # one new float32 copy (softmax, or sigmoid per region)
     num_classes = probs.shape[0]
 
     cropped_shape = tuple(int(s) for s in properties.shape_after_crop_zyx)
@@ -89,34 +92,18 @@ def logits_to_original_probabilities(logits: np.ndarray | torch.Tensor, properti
     if cropped_shape == full_shape:
         return np.ascontiguousarray(probs, dtype=np.float32)
     full = np.zeros((num_classes, *full_shape), dtype=np.float32)
-    full[0] = 1.0  # outside the crop box: background for sure
+    full += background_probabilities(spec, num_classes).reshape(-1, *[1] * len(full_shape))  # outside the box
     full[(slice(None), *(slice(lo, hi) for lo, hi in bbox))] = probs
     return full
 
 
-def _label_dtype(num_classes: int) -> np.dtype:
-    if num_classes <= np.iinfo(np.uint8).max + 1:
-        return np.dtype(np.uint8)
-    if num_classes <= np.iinfo(np.uint16).max + 1:
-        return np.dtype(np.uint16)
-    return np.dtype(np.int32)
+def probabilities_to_segmentation(probs: np.ndarray | torch.Tensor, spec: LabelSpec | None = None) -> np.ndarray:
+    """``(K, Z, Y, X)`` -> ``(Z, Y, X)`` label map: the argmax over classes (uint8 up to 256 classes, uint16 up to
+    65536; logits work too), or for a region-based ``spec`` each region painted with its
+    ``regions_class_order`` value where its probability exceeds 0.5 (``autoseg/data/labels.py``)."""
+    from ..data.labels import to_segmentation
 
-
-def probabilities_to_segmentation(probs: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Argmax over classes: ``(K, Z, Y, X)`` -> ``(Z, Y, X)`` class indices, smallest sufficient dtype.
-
-    uint8 for up to 256 classes, uint16 up to 65536. Works on probabilities or logits alike
-    (softmax keeps the argmax). Computed in slabs along axis 1 to bound the int64 temporary.
-    """
-    arr = probs.detach().cpu().numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs)
-    if arr.ndim < 2:
-        raise ValueError(f"expected (K, *spatial) probabilities, got shape {arr.shape}")
-    out = np.empty(arr.shape[1:], dtype=_label_dtype(arr.shape[0]))
-    per_slab = max(1, int(np.prod(arr.shape[2:], dtype=np.int64)))
-    step = max(1, _ARGMAX_SLAB_VOXELS // per_slab)
-    for start in range(0, arr.shape[1], step):
-        out[start:start + step] = np.argmax(arr[:, start:start + step], axis=0)
-    return out
+    return to_segmentation(probs, spec)
 
 
 def write_prediction(seg: np.ndarray, properties: CaseProperties, out_path: str | os.PathLike) -> None:

@@ -107,6 +107,27 @@ def check_fingerprint(fp: Fingerprint) -> None:
                            f"and at least one foreground label in dataset.json, then {rerun}")
 
 
+def label_decisions(fp: Fingerprint) -> list[Decision]:
+    """What the network outputs and what counts, when the dataset has regions or an ignore label."""
+    spec, out = fp.labels_spec, []
+    if spec.region_based:
+        names = ", ".join(f"{k} {v}" for k, v in spec.regions.items())
+        out.append(Decision("outputs", spec.num_outputs, "region_based",
+                            f"dataset.json maps names to lists of labels: {spec.num_outputs} overlapping regions "
+                            f"({names}), one sigmoid output each, trained with Dice + binary cross-entropy; a "
+                            f"label map is made back by painting {spec.regions_class_order} in that order "
+                            f"(regions_class_order).", {"regions": dict(spec.regions),
+                                                        "regions_class_order": list(spec.regions_class_order)}))
+    if spec.ignore_label is not None:
+        share = fp.ignored_voxel_fraction
+        out.append(Decision("ignore_label", spec.ignore_label, "ignore_label",
+                            f"voxels labelled {spec.ignore_label} ('ignore') are unannotated"
+                            + (f" ({100 * share:.1f}% of all voxels)" if share is not None else "")
+                            + ": they enter no loss term and no metric and are never sampled as foreground.",
+                            {"ignored_voxel_fraction": share}))
+    return out
+
+
 # --------------------------------------------------------------------------- the planner
 
 class Planner(abc.ABC):
@@ -143,6 +164,9 @@ class Planner(abc.ABC):
         resampling = self.resampling(fingerprint)
         configs, d_configs, warnings = self.configurations(fingerprint, budget, spacing, forward, normalization,
                                                            resampling)
+        spec = fingerprint.labels_spec  # every configuration carries how its outputs become a label map
+        configs = {k: replace(c, label_spec=spec) for k, c in configs.items()}
+        d_configs = [*d_configs, *label_decisions(fingerprint)]
         warnings = list(warnings) + self.dataset_warnings(fingerprint, configs)
         logger.debug("planner '%s' planned %s for %s on %s", self.name, ", ".join(configs),
                      fingerprint.dataset_name, budget.device)
@@ -228,7 +252,7 @@ class Planner(abc.ABC):
         shapes = [c.shape_after_crop_zyx for c in fingerprint.cases]
         median = median_resampled_shape(spacings, shapes, spacing)
         med_t, sp_t = permute(median, forward), permute(spacing, forward)
-        common = dict(in_channels=len(fingerprint.channel_names), num_classes=len(fingerprint.labels),
+        common = dict(in_channels=len(fingerprint.channel_names), num_classes=fingerprint.labels_spec.num_outputs,
                       num_cases=len(fingerprint.cases), dataset_voxels=math.prod(med_t) * len(fingerprint.cases),
                       time_budget_s=getattr(self, "_time_budget_s", None))
         build = dict(forward=forward, normalization=normalization, resampling=resampling)
@@ -335,7 +359,7 @@ class Planner(abc.ABC):
     def _cascade(self, fullres: ConfigurationPlan, fingerprint: Fingerprint) -> ConfigurationPlan:
         """3d_cascade_fullres: 3d_fullres whose input adds one channel per foreground label (the 3d_lowres
         prediction, one-hot); same preprocessing folder, same patch and batch."""
-        n_fg = sum(1 for v in fingerprint.labels.values() if int(v) != 0)
+        n_fg = len(fingerprint.labels_spec.foreground_labels)
         in_ch = len(fingerprint.channel_names) + n_fg
         net = replace(fullres.network, in_channels=in_ch)
         gflop = gflop_per_iteration(net, fullres.patch_size, fullres.batch_size)

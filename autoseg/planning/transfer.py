@@ -19,8 +19,9 @@ from ..schemas import Decision, Fingerprint, Plans, stable_hash
 def transfer_plans(other: Plans, fp: Fingerprint, source: str | Path) -> Plans:
     """``other`` (the plans of another run, read from ``source``) made for the dataset of ``fp``."""
     channels = len(fp.channel_names)
-    foreground = sum(1 for v in fp.labels.values() if int(v) != 0)
-    classes = foreground + 1
+    spec = fp.labels_spec
+    foreground = len(spec.foreground_labels)
+    classes = spec.num_outputs
     configs = {}
     for name, cfg in other.configurations.items():
         image_channels = len(cfg.normalization)
@@ -41,7 +42,7 @@ def transfer_plans(other: Plans, fp: Fingerprint, source: str | Path) -> Plans:
                        f"unchanged; outputs set to this dataset's {classes} classes (were "
                        f"{cfg.network.num_classes}), {in_channels} input channel(s).",
                        {"source_dataset": other.dataset_name, "source_classes": cfg.network.num_classes})
-        configs[name] = replace(cfg, network=network, decisions=[*cfg.decisions, why])
+        configs[name] = replace(cfg, network=network, label_spec=spec, decisions=[*cfg.decisions, why])
     return replace(other, dataset_name=fp.dataset_name, fingerprint_hash=stable_hash(fp), configurations=configs,
                    planner=f"plans-from {Path(source).resolve()}",
                    decisions=[*other.decisions, Decision("plans_from", str(source), "plans_transfer",

@@ -299,7 +299,7 @@ def preprocess_case(case: CaseFiles, plan: ConfigurationPlan, out_dir: str | os.
     del data_out
     if seg_out is not None:
         class_locations = sample_class_locations(seg_out, [v for v in values if v > 0])
-        fits_int8 = max(values + [0]) <= 127
+        fits_int8 = -128 <= int(seg_out.min()) and int(seg_out.max()) <= 127  # the ignore label too
         atomic_save_npy(seg_path, seg_out.astype(np.int8 if fits_int8 else np.int16))
     props = replace(case_out.properties, class_locations=class_locations, source_hash=source_hash)
     save_json(props, json_path)

@@ -7,6 +7,12 @@ after crop-to-nonzero) counts as background 0, as in nnU-Net.
 nnU-Net semantics are kept: ``total = weight_ce * CE + weight_dice * (-mean soft Dice)``, so a perfect
 prediction gives about ``-weight_dice`` and the loss is negative once Dice exceeds CE. Everything is
 computed in float32, even when the network ran under bf16/fp16 autocast.
+
+Region-based labels (:class:`RegionDiceBCELoss`): one sigmoid output per region, binary cross-entropy +
+soft Dice per region, the region targets made here from the integer label maps. The ignore label: voxels
+with it are left out of every term (cross-entropy averages over the other voxels; Dice sums over them),
+so changing what the network predicts there changes nothing. :func:`make_loss` picks the loss for a
+:class:`~autoseg.schemas.LabelSpec`.
 """
 from __future__ import annotations
 
@@ -54,6 +60,23 @@ def _soft_dice(probs: torch.Tensor, onehot: torch.Tensor, batch_dice: bool, smoo
     return (2 * intersect + smooth) / torch.clip(sum_gt + sum_pred + smooth, 1e-8)
 
 
+def _valid(target: torch.Tensor, ignore_label: int | None) -> torch.Tensor | None:
+    """(B, 1, *spatial) bool: the voxels that are not the ignore label (None: nothing is ignored)."""
+    if ignore_label is None:
+        return None
+    return target != int(ignore_label)
+
+
+def _masked_mean_or_zero(values: torch.Tensor, valid: torch.Tensor | None, anchor: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over ``valid`` voxels; 0 (still in the graph) when every voxel is ignored."""
+    if valid is None:
+        return values.mean()
+    n = valid.sum()
+    if int(n) == 0:
+        return anchor.sum() * 0.0
+    return (values * valid).sum() / n
+
+
 class DiceCELoss(nn.Module):
     """``weight_ce * CE + weight_dice * (-mean soft Dice)`` on logits and integer targets.
 
@@ -63,8 +86,9 @@ class DiceCELoss(nn.Module):
     """
 
     def __init__(self, batch_dice: bool, smooth: float = 1e-5, include_background: bool = False,
-                 weight_ce: float = 1.0, weight_dice: float = 1.0):
+                 weight_ce: float = 1.0, weight_dice: float = 1.0, ignore_label: int | None = None):
         super().__init__()
+        self.ignore_label = ignore_label
         self.batch_dice = bool(batch_dice)
         self.smooth = float(smooth)
         self.include_background = bool(include_background)
@@ -76,13 +100,22 @@ class DiceCELoss(nn.Module):
         with torch.autocast(device_type=logits.device.type, enabled=False):
             logits = logits.float()
             index = _target_index(target, logits)
+            valid = _valid(index, self.ignore_label)
+            if valid is not None:
+                index = torch.where(valid, index, torch.zeros_like(index))  # a class index; masked below
             total = logits.new_zeros(())
             if self.weight_ce != 0:
-                total = total + self.weight_ce * F.cross_entropy(logits, index[:, 0])
+                ce = F.cross_entropy(logits, index[:, 0], reduction="none")
+                total = total + self.weight_ce * _masked_mean_or_zero(ce, None if valid is None else valid[:, 0],
+                                                                      logits)
             if self.weight_dice != 0:
                 probs = torch.softmax(logits, dim=1)
                 with torch.no_grad():
                     onehot = _one_hot(index, logits.shape[1])
+                    if valid is not None:
+                        onehot &= valid
+                if valid is not None:
+                    probs = probs * valid
                 if not self.include_background:
                     probs, onehot = probs[:, 1:], onehot[:, 1:]
                 dice = _soft_dice(probs, onehot, self.batch_dice, self.smooth).mean()
@@ -150,21 +183,87 @@ def soft_dice_per_class(logits: torch.Tensor, target: torch.Tensor, smooth: floa
     return _soft_dice(probs, onehot, batch_dice=True, smooth=smooth)
 
 
+def region_targets(index: torch.Tensor, regions: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(B, 1, *spatial) label indices -> (B, R, *spatial) bool: region ``r`` where the label is one of its values."""
+    out = torch.zeros((index.shape[0], len(regions), *index.shape[2:]), dtype=torch.bool, device=index.device)
+    for r, values in enumerate(regions):
+        for v in values:
+            out[:, r] |= index[:, 0] == int(v)
+    return out
+
+
+class RegionDiceBCELoss(nn.Module):
+    """Region-based training (nnU-Net v2's): ``weight_ce * BCE + weight_dice * (-mean soft Dice)`` over the
+    regions, each a sigmoid output; targets are integer label maps, region ``r`` = label in ``regions[r]``."""
+
+    def __init__(self, regions: Sequence[Sequence[int]], batch_dice: bool, smooth: float = 1e-5,
+                 weight_ce: float = 1.0, weight_dice: float = 1.0, ignore_label: int | None = None):
+        super().__init__()
+        self.regions = [[int(v) for v in r] for r in regions]
+        self.batch_dice, self.smooth = bool(batch_dice), float(smooth)
+        self.weight_ce, self.weight_dice = float(weight_ce), float(weight_dice)
+        self.ignore_label = ignore_label
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] != len(self.regions):
+            raise ValueError(f"logits have {logits.shape[1]} channels but there are {len(self.regions)} regions")
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            logits = logits.float()
+            index = _target_index(target, logits)
+            valid = _valid(index, self.ignore_label)
+            with torch.no_grad():
+                regions = region_targets(index, self.regions)
+                if valid is not None:
+                    regions &= valid
+            total = logits.new_zeros(())
+            if self.weight_ce != 0:
+                bce = F.binary_cross_entropy_with_logits(logits, regions.float(), reduction="none")
+                mask = None if valid is None else valid.expand_as(bce)
+                total = total + self.weight_ce * _masked_mean_or_zero(bce, mask, logits)
+            if self.weight_dice != 0:
+                probs = torch.sigmoid(logits)
+                if valid is not None:
+                    probs = probs * valid
+                total = total - self.weight_dice * _soft_dice(probs, regions, self.batch_dice, self.smooth).mean()
+            return total
+
+
+def make_loss(spec, batch_dice: bool = True) -> nn.Module:
+    """The loss of a :class:`~autoseg.schemas.LabelSpec`: Dice + CE over classes, or Dice + BCE over regions;
+    the ignore label left out of both."""
+    if spec.region_based:
+        return RegionDiceBCELoss(list(spec.regions.values()), batch_dice=batch_dice, ignore_label=spec.ignore_label)
+    return DiceCELoss(batch_dice=batch_dice, ignore_label=spec.ignore_label)
+
+
 @torch.no_grad()
 def hard_dice_counts(logits: torch.Tensor, target: torch.Tensor,
-                     num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Argmax prediction vs target: (tp, fp, fn), each int64 (num_classes - 1,), summed over batch and space.
+                     spec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hard prediction vs target: (tp, fp, fn), each int64 with one entry per scored item (foreground classes,
+    or regions), summed over batch and space; ignored voxels are not counted. ``spec`` is a
+    :class:`~autoseg.schemas.LabelSpec` (or, for plain labels, the number of classes).
 
     Summing these over the validation batches of an epoch and taking ``2tp / (2tp + fp + fn)`` per
-    class gives nnU-Net's "pseudo Dice".
+    item gives nnU-Net's "pseudo Dice". Classes: the argmax; regions: sigmoid > 0.5 (logit > 0).
     """
-    if logits.shape[1] != num_classes:
-        raise ValueError(f"logits have {logits.shape[1]} channels but num_classes is {num_classes}")
-    index = _target_index(target, logits)[:, 0]
-    pred = logits.argmax(1)
+    from ..schemas import LabelSpec
+
+    if not isinstance(spec, LabelSpec):
+        spec = LabelSpec.plain(int(spec))
+    if logits.shape[1] != spec.num_outputs:
+        raise ValueError(f"logits have {logits.shape[1]} channels but the labels need {spec.num_outputs}")
+    index = _target_index(target, logits)
+    valid = _valid(index, spec.ignore_label)
+    if spec.region_based:
+        truth = region_targets(index, list(spec.regions.values()))
+        pairs = [(logits[:, r] > 0, truth[:, r]) for r in range(len(spec.regions))]
+    else:
+        pred = logits.argmax(1)
+        pairs = [(pred == c, index[:, 0] == c) for c in range(1, spec.num_outputs)]
     tp, fp, fn = [], [], []
-    for c in range(1, num_classes):
-        p, t = pred == c, index == c
+    for p, t in pairs:
+        if valid is not None:
+            p, t = p & valid[:, 0], t & valid[:, 0]
         tp.append((p & t).sum())
         fp.append((p & ~t).sum())
         fn.append((~p & t).sum())

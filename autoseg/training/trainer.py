@@ -32,7 +32,7 @@ from .distributed import DATA_SEED_STRIDE, DistContext, RankZeroClock, agree, ba
     rank_batch_sizes, sum_over_ranks
 from ..model.checkpoint import load_resume_checkpoint, restore_rng_states, save_checkpoint
 from .hooks import Checkpoints, EpochRecords, ProgressBar, TrainerHook
-from .losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, hard_dice_counts
+from .losses import DeepSupervisionLoss, deep_supervision_weights, hard_dice_counts, make_loss
 from ..model.network import build_network
 from .precision import time_precisions
 from .records import rewrite_log
@@ -106,7 +106,7 @@ class Trainer:
         n_out = len(config.network.features_per_stage) - 1
         self.ds_scales = deep_supervision_scales(config.network.strides, n_out)
         weights = deep_supervision_weights(n_out) if config.network.deep_supervision else [1.0]
-        base = DiceCELoss(batch_dice=True)  # nnU-Net: batch Dice for 2d and 3d_fullres
+        base = make_loss(config.labels, batch_dice=True)  # nnU-Net: batch Dice; regions: Dice + BCE
         self.loss = DeepSupervisionLoss(base, weights) if config.network.deep_supervision else base
         self.control = (BudgetController(settings.time_budget_s) if settings.time_budget_s is not None
                         else EpochControl())
@@ -306,7 +306,7 @@ class Trainer:
         loss = float(self.loss(output, target))
         out0 = output[0] if isinstance(output, (list, tuple)) else output
         t0 = target[0] if isinstance(target, (list, tuple)) else target
-        tp, fp, fn = hard_dice_counts(out0, t0, self.config.network.num_classes)
+        tp, fp, fn = hard_dice_counts(out0, t0, self.config.labels)
         return loss, _np(tp), _np(fp), _np(fn)
 
     # ------------------------------------------------------------------ checkpoints
@@ -388,7 +388,7 @@ class Trainer:
         """The epoch's pseudo-Dice on ``validation_iterations_per_epoch`` patches (and its seconds)."""
         t0 = self.clock()
         self.network.eval()
-        k = self.config.network.num_classes - 1
+        k = len(self.config.labels.items())  # foreground classes, or regions
         tp, fp, fn = np.zeros(k), np.zeros(k), np.zeros(k)
         losses = []
         for _ in range(self.settings.validation_iterations_per_epoch):

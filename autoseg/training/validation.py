@@ -52,6 +52,7 @@ def validate_fold(wd: Workdir, plans: Plans, config: ConfigurationPlan, settings
     from tqdm import tqdm
 
     from ..data.image_io import read_label
+    from ..data.labels import scored_items
     from ..evaluation import evaluate_case, summarize
 
     fold = settings.fold
@@ -61,8 +62,8 @@ def validate_fold(wd: Workdir, plans: Plans, config: ConfigurationPlan, settings
     out_dir = wd.validation_dir(config.name, fold)
     out_dir.mkdir(parents=True, exist_ok=True)
     pre = wd.preprocessed_dir(config.data_identifier)
-    labels = {v: k for k, v in manifest.labels.items()}
-    fg = sorted(v for v in labels if v != 0)
+    spec = config.labels
+    fg, names = scored_items(spec)  # foreground labels, or regions
     cases = {c.case_id: c for c in manifest.cases}
     if hasattr(network, "set_deep_supervision"):
         network.set_deep_supervision(False)
@@ -97,7 +98,7 @@ def validate_fold(wd: Workdir, plans: Plans, config: ConfigurationPlan, settings
                                               precision=precision or settings.precision,
                                               mirror=bool(mode.get("mirror", True)),
                                               step_size=float(mode.get("step_size", 0.5)))
-            seg = probabilities_to_segmentation(probs)
+            seg = probabilities_to_segmentation(probs, spec)
             if save_probabilities_npz:
                 save_probabilities(probs, prob_path, case_id=cid)
             write_prediction(seg, props, pred_path)
@@ -110,8 +111,9 @@ def validate_fold(wd: Workdir, plans: Plans, config: ConfigurationPlan, settings
             if not (reused and next_path.exists()):
                 write_next_stage_segmentation(wd, next_cfg, cid, np.asarray(seg), next_path)
         ref, geom = read_label(cases[cid].label)
-        per_case[cid] = evaluate_case(np.asarray(seg), np.asarray(ref).astype(np.int64), fg, geom.spacing_zyx)
-    metrics = json.loads(json.dumps(summarize(per_case, fg, {v: labels[v] for v in fg}), default=float))
+        per_case[cid] = evaluate_case(np.asarray(seg), np.asarray(ref).astype(np.int64), fg, geom.spacing_zyx,
+                                      ignore_label=spec.ignore_label)
+    metrics = json.loads(json.dumps(summarize(per_case, fg, names), default=float))
     seconds = {k: v for k, v in seconds.items() if k in per_case}
     summary = FoldSummary(schema_version=SCHEMA_VERSION, configuration=config.name, fold=str(fold),
                           checkpoint_hash=ckpt_hash, seconds_per_case=seconds, validation_mode=mode,
