@@ -58,6 +58,9 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
                    help="use another run's plans (spacing, normalization, patch, batch, network topology) for this "
                         "dataset, as nnU-Net's plans transfer; its models can then be fine-tuned here (train "
                         "--pretrained)")
+    p.add_argument("--no-dry-run", action="store_true",
+                   help="on CUDA, keep the memory proxy's patch and batch instead of correcting them by dry runs of "
+                        "real training steps on the GPU (measured peak memory under the target)")
     p.add_argument("--remeasure-cpu", action="store_true",
                    help="measure this CPU's training speed again instead of reusing the figure remembered for "
                         "it (~/.cache/autoseg/cpu_speed.json; $AUTOSEG_CACHE_DIR moves it): plans then change "
@@ -85,7 +88,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                          gpu_memory_gb=args.gpu_memory_gb, time_budget_s=args.time_budget,
                          splits_file=args.splits, num_workers=args.num_workers, cpu_gflops=args.cpu_gflops,
                          progress=not args.no_progress, overwrite=args.overwrite,
-                         remeasure_cpu=args.remeasure_cpu, plans_from=args.plans_from)
+                         remeasure_cpu=args.remeasure_cpu, plans_from=args.plans_from,
+                         gpu_dry_run=not args.no_dry_run)
     plans = result.plans
     if args.explain:
         print("\n".join(result.explained))

@@ -29,8 +29,7 @@ MAX_DATASET_FRACTION_PER_BATCH = 0.05
 
 GPU_BASE_FEATURES = 32
 GPU_MAX_FEATURES = {3: 320, 2: 512}
-#: Fraction of the usable GPU memory the plan may fill (CUDA context, fragmentation).
-GPU_MEMORY_HEADROOM = 0.9
+from autoseg.planning.measured import GPU_MEMORY_HEADROOM  # noqa: E402  (one constant for proxy and dry run)
 
 CPU_BASE_FEATURES = 16
 CPU_MAX_FEATURES = {3: 256, 2: 384}

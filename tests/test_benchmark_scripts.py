@@ -260,3 +260,22 @@ def test_dice_vs_budget_table_and_plot_from_side_by_side_reports(tmp_path):
     png = (tmp_path / "dice_vs_budget.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert json.loads((tmp_path / "dice_vs_budget.json").read_text())[0]["budget_s"] == 300
+
+
+def test_gpu_check_table_and_its_refusal_without_cuda(capsys):
+    import gpu_check
+    import torch
+
+    row = {"dataset": "Hippocampus", "configuration": "3d_fullres", "patch_size": [40, 56, 40], "batch_size": 9,
+           "planned_memory_gb": 20.5, "proxy_first_guess_gb": 11.2, "target_gb": 125.1,
+           "measured_training_peak_gb": 21.0, "within_tolerance": True, "under_target": True,
+           "seconds_per_iteration": 0.11, "data_wait_fraction": 0.04, "loader_iterations_per_second": 30.1,
+           "validation_dice": 0.88, "predict_seconds_per_case": {"mirroring": 0.5, "no_mirroring": 0.1},
+           "dry_run": "measured on this GPU: ..."}
+    text = gpu_check.markdown({"date": "2026-11-30", "gpu": "NVIDIA H200", "machine": "m", "command": "c",
+                               "datasets": [row]})
+    assert "NVIDIA H200" in text and "40x56x40 × 9" in text and "20.5 (11.2)" in text and "4.0 %" in text
+    if torch.cuda.is_available():
+        return
+    assert gpu_check.main(["--out", "/tmp/never_written_gpu_check"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err

@@ -260,6 +260,7 @@ def make_training_iterators(preprocessed_dir: Any, config: Any, settings: Any, t
     val_loader = PatchDataLoader(preprocessed_dir, val_ids, s.patch_size, s.patch_size, s.batch_size,
                                  oversample_fraction=s.foreground_oversample_fraction, dims=config.dims,
                                  seed=s.seed + 7, previous_stage_segs=previous_stage_segs)
-    train_it = make_batch_iterator(train_loader, transforms, s.num_workers, seed=s.seed + epoch)
+    on_gpu = str(s.device).startswith("cuda")  # pinned host memory: the copy to the GPU runs without blocking
+    train_it = make_batch_iterator(train_loader, transforms, s.num_workers, seed=s.seed + epoch, pin_memory=on_gpu)
     val_it = make_batch_iterator(val_loader, validation_transforms(ds_scales, cascade), 0, seed=s.seed)
     return train_it, val_it

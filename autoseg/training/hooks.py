@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PLOT_EVERY_S = 30.0  # progress.png is redrawn at most this often on the trainer's clock (and at the end)
+DATA_WAIT_WARNING = 0.10  # on a GPU, waiting for batches longer than this share of an iteration is worth a warning
 
 
 class TrainerHook(Protocol):
@@ -67,6 +68,7 @@ class EpochRecords:
 
     def __init__(self) -> None:
         self._last_plot: float | None = None
+        self._warned_wait = False
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         s = trainer.settings
@@ -77,6 +79,13 @@ class EpochRecords:
                  trainer.control.describe(trainer, record["epoch"]), record["train_loss"], record["val_loss"],
                  " ".join(f"{d:.3f}" for d in record["val_dice_per_class"]), record["ema_dice"], record["lr"],
                  record["epoch_seconds"])
+        wait = record.get("data_wait_fraction", 0.0)
+        if trainer.device.type == "cuda" and wait > DATA_WAIT_WARNING and not self._warned_wait:
+            self._warned_wait = True
+            log.warning("the GPU waited for data %.0f%% of each training iteration (epoch %d): the augmentation on %d "
+                        "CPU worker(s) does not keep up with batch %d; give the training more CPU cores (or "
+                        "--num-workers), or a GPU-side augmentation", 100 * wait, record["epoch"],
+                        s.num_workers, s.batch_size)
         if self._last_plot is None or trainer.clock() - self._last_plot > PLOT_EVERY_S:
             self._plot(trainer)
 

@@ -106,3 +106,11 @@ def format_timings(timings: Mapping[str, float | ChildCrashed]) -> str:
         else:
             parts.append(f"{precision} {t:.3f} s/it")
     return ", ".join(parts)
+
+
+def cuda_precision(bf16_supported: bool) -> tuple[str, str]:
+    """(precision, reason) of ``auto`` on a CUDA GPU: bf16 autocast where the GPU supports it (Ampere and
+    later: the range of fp32, so no gradient scaler), else fp16 autocast with a gradient scaler."""
+    if bf16_supported:
+        return "bf16", "precision auto on CUDA: bf16 autocast (the GPU supports bf16; fp32's range, no gradient scaler)"
+    return "fp16", "precision auto on CUDA: fp16 autocast with a gradient scaler (this GPU has no bf16)"

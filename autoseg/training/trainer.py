@@ -102,7 +102,8 @@ class Trainer:
         self.network = build_network(config.network).to(self.device)
         self.optimizer = make_optimizer(self.network, settings)
         self.scheduler: PolyLR | FractionLR | None = _make_schedule(self.optimizer, settings)
-        self.scaler = torch.amp.GradScaler("cuda") if settings.precision == "fp16" else None
+        self.scaler: torch.amp.GradScaler | None = None  # fp16 on CUDA: made once the precision is known (fit)
+        self._saved_scaler: dict | None = None  # a resumed checkpoint's scaler state
         n_out = len(config.network.features_per_stage) - 1
         self.ds_scales = deep_supervision_scales(config.network.strides, n_out)
         weights = deep_supervision_weights(n_out) if config.network.deep_supervision else [1.0]
@@ -115,7 +116,7 @@ class Trainer:
         self.continue_from: Path | None = None
         self.hooks: list[TrainerHook] = [self.control, *([ProgressBar()] if self.progress else []), EpochRecords(),
                                          Checkpoints(), *(hooks or [])]
-        self._epoch_start = self._epoch_train_s = 0.0
+        self._epoch_start = self._epoch_train_s = self._epoch_wait_s = 0.0
         self._epoch_iterations = 0
 
     # ------------------------------------------------------------------ main loop
@@ -154,6 +155,10 @@ class Trainer:
         try:
             if self.state.precision is None:  # measured by rank 0 in a torchrun job, the same on every rank
                 self.state.precision = agree(self._resolve_precision(train_it) if self.is_main else None, self.dist)
+            if self.state.precision == "fp16" and self.scaler is None:
+                self.scaler = torch.amp.GradScaler("cuda")
+                if self._saved_scaler:
+                    self.scaler.load_state_dict(self._saved_scaler)
             self._wrap_data_parallel()
             self._tick()
             self._call("on_train_start")
@@ -208,11 +213,16 @@ class Trainer:
         self.network.train()
         self._tick()
         self._epoch_start, self._epoch_train_s, self._epoch_iterations = self.clock(), 0.0, 0
+        self._epoch_wait_s = 0.0
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         self._call("on_epoch_start")
 
     def _train_iteration(self, train_it) -> float:
         st = self.state
+        w0 = time.perf_counter()
         batch = next(train_it)
+        self._epoch_wait_s += time.perf_counter() - w0  # the step waited this long for its batch
         t0 = self.clock()
         loss = self.train_step(batch)
         self._tick()
@@ -237,7 +247,11 @@ class Trainer:
                   "epoch_seconds": round(self.clock() - self._epoch_start, 2),
                   "seconds_per_iteration": round(self._epoch_train_s / max(1, self._epoch_iterations), 4),
                   "iterations": st.iteration_in_epoch, "validation_seconds": round(val["seconds"], 4),
-                  "elapsed_s": round(self.elapsed(), 1), "phase": st.phase}
+                  "elapsed_s": round(self.elapsed(), 1), "phase": st.phase,
+                  # share of the training iterations' wall time spent waiting for the augmented batch
+                  "data_wait_fraction": round(self._epoch_wait_s / max(1e-9, self._epoch_wait_s + self._epoch_train_s), 4)}
+        if self.device.type == "cuda":  # what the plan's estimate is checked against (docs/benchmarks/gpu.md)
+            record["peak_memory_gb"] = round(torch.cuda.max_memory_reserved(self.device) / 1024 ** 3, 3)
         st.log.append(record)
         st.epoch += 1
         st.iteration_in_epoch = 0
@@ -344,8 +358,7 @@ class Trainer:
             if isinstance(self.scheduler, PolyLR):
                 self.scheduler.load_state_dict({**self.scheduler.state_dict(),
                                                 "current_step": self.state.iterations_done})
-        if self.scaler is not None and ckpt.get("scaler") is not None:
-            self.scaler.load_state_dict(ckpt["scaler"])
+        self._saved_scaler = ckpt.get("scaler")  # fp16: the gradient scaler goes on from here (fit)
         restore_rng_states(ckpt)
         log.info("resumed from %s at epoch %d (+%d iterations), %.0f s spent", path.name, self.state.epoch,
                  self.state.iteration_in_epoch, self.state.elapsed_s)
@@ -368,7 +381,11 @@ class Trainer:
         if p != "auto":
             return p
         if self.device.type == "cuda":
-            return "fp16"
+            from .precision import cuda_precision
+
+            choice, reason = cuda_precision(torch.cuda.is_bf16_supported())
+            log.info("%s", reason)
+            return choice
         from ..hardware import cpu_has_bf16
         from .isolation import note
         from .precision import TrainerSteps, choose_precision, format_timings

@@ -46,8 +46,59 @@ def _fingerprint(manifest: DatasetManifest, store: RunStore, *, num_workers: int
     return fp
 
 
+def fit_plans_to_gpu(plans: Plans, num_cases: int, measure) -> Plans:
+    """Every configuration's patch and batch corrected by measured dry runs (``planning/measured.py``);
+    the cascade takes 3d_fullres's (its extra input channels cost next to nothing)."""
+    from ..planning.measured import GPU_MEMORY_HEADROOM, fit_to_measured_memory
+
+    total = float(plans.hardware.gpu_total_memory_gb or 0.0)
+    target = total * GPU_MEMORY_HEADROOM
+    configs, warnings = dict(plans.configurations), list(plans.warnings)
+    for name, cfg in plans.configurations.items():
+        if cfg.previous_stage:
+            continue
+        log.info("dry run of %s on the GPU (target %.1f GB)", name, target)
+        fit = fit_to_measured_memory(cfg, measure, target, num_cases=num_cases,
+                                     proxy_estimate_gb=cfg.estimated_memory_gb)
+        log.info("%s", fit.decision.reason)
+        configs[name], warnings = fit.config, warnings + fit.warnings
+    for name, cfg in plans.configurations.items():
+        full = configs.get(cfg.previous_stage and "3d_fullres")
+        if cfg.previous_stage and full is not None:
+            configs[name] = replace(cfg, patch_size=list(full.patch_size), batch_size=full.batch_size,
+                                    network=replace(full.network, in_channels=cfg.network.in_channels),
+                                    estimated_memory_gb=full.estimated_memory_gb,
+                                    estimated_gflop_per_iteration=full.estimated_gflop_per_iteration)
+    return replace(plans, configurations=configs, warnings=warnings)
+
+
+def _gpu_dry_run(plans: Plans, num_cases: int, measure) -> Plans:
+    """Measured-memory planning on CUDA: with ``measure`` given (tests), or on a GPU that is here."""
+    from ..schemas import Decision
+
+    if plans.hardware.device != "cuda":
+        return plans
+    if measure is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            why = ("patch and batch come from the memory proxy alone: no CUDA device is visible here to measure "
+                   "them on (plan on the GPU machine to have them measured)")
+            log.warning("%s", why)
+            return replace(plans, decisions=[*plans.decisions, Decision("measured_memory", None, "no_gpu_here", why)])
+        present = torch.cuda.get_device_properties(0).total_memory / 1024 ** 3
+        if (plans.hardware.gpu_total_memory_gb or 0.0) > present * 1.001:
+            why = (f"patch and batch come from the memory proxy alone: the plan is for {plans.hardware.gpu_total_memory_gb:.0f} "
+                   f"GB but this GPU has {present:.0f} GB, too little to measure on")
+            log.warning("%s", why)
+            return replace(plans, decisions=[*plans.decisions, Decision("measured_memory", None, "gpu_too_small", why)])
+        from ..training.memory_probe import measure_peak_memory_gb as measure
+    return fit_plans_to_gpu(plans, num_cases, measure)
+
+
 def _plans(fp: Fingerprint, hardware: HardwareBudget, time_budget_s: float | None, planner_name: str,
-           store: RunStore, *, overwrite: bool, plans_from: str | Path | None = None) -> Plans:
+           store: RunStore, *, overwrite: bool, plans_from: str | Path | None = None,
+           gpu_dry_run: bool = True, measure_memory=None) -> Plans:
     from ..planning.registry import get_planner
 
     wd = store.wd
@@ -72,6 +123,8 @@ def _plans(fp: Fingerprint, hardware: HardwareBudget, time_budget_s: float | Non
         new = get_planner(planner_name).plan(fp, hardware, time_budget_s=time_budget_s)
         new = replace(new, planner=planner_name, autoseg_version=__version__,
                       fingerprint_hash=stable_hash(fp), schema_version=SCHEMA_VERSION)
+        if gpu_dry_run:
+            new = _gpu_dry_run(new, len(fp.cases), measure_memory)
     if wd.plans_json.exists() and not overwrite:
         try:
             old = store.plans()
@@ -140,12 +193,14 @@ def plan_dataset(dataset_dir: str | Path, workdir: str | Path, *, planner: str =
                  time_budget_s: float | None = None, splits_file: str | Path | None = None,
                  split_seed: int = 12345, num_workers: int | None = None, progress: bool = True,
                  overwrite: bool = False, measure_cpu: bool = True, cpu_gflops: float | None = None,
-                 remeasure_cpu: bool = False, plans_from: str | Path | None = None) -> PlanResult:
+                 remeasure_cpu: bool = False, plans_from: str | Path | None = None, gpu_dry_run: bool = True,
+                 measure_memory=None) -> PlanResult:
     """validate → fingerprint → plan → split → preprocess. Safe to re-run: current outputs are kept.
 
     ``time_budget_s``: wall-clock seconds per training, recorded once in plans.json (on a CPU without
     it the planner records the default it assumed; training uses the same). Nothing is written to
-    ``workdir`` when the dataset check fails.
+    ``workdir`` when the dataset check fails. On CUDA, patch and batch are corrected by measured dry runs
+    (``gpu_dry_run``; ``measure_memory(config) -> peak GB`` replaces the GPU measurement, for tests).
     """
     from ..atomic import atomic_write_text
     from ..data.dataset import load_dataset
@@ -178,7 +233,8 @@ def plan_dataset(dataset_dir: str | Path, workdir: str | Path, *, planner: str =
             speed, where = cpu_speed_for_planning(remeasure=remeasure_cpu)
             log.info("CPU training speed %s", where)
         hardware = detect_hardware(device=device, gpu_memory_gb=gpu_memory_gb, cpu_speed=speed, cpu_gflops=cpu_gflops)
-        plans = _plans(fp, hardware, time_budget_s, planner, store, overwrite=overwrite, plans_from=plans_from)
+        plans = _plans(fp, hardware, time_budget_s, planner, store, overwrite=overwrite, plans_from=plans_from,
+                       gpu_dry_run=gpu_dry_run, measure_memory=measure_memory)
         explained = explain_plans(plans)
         atomic_write_text(store.wd.plans_explained_txt, "\n".join(explained) + "\n")
         _splits([c.case_id for c in manifest.cases], store, splits_file=splits_file, seed=split_seed,

@@ -41,7 +41,7 @@ def default_training_settings(plans: Plans, config: ConfigurationPlan, fold: str
         precision = "auto"
         wanted = 0 if cores <= 4 else min(cores // 4, 4)  # compute-bound: keep the cores for the network
     else:
-        precision = "fp16"
+        precision = "auto"  # bf16 where the GPU supports it, else fp16 with a gradient scaler (training/precision.py)
         wanted = max(1, min(cores - 1, 12))
     workers = 0 if wanted == 0 else worker_count(_augmentation_worker_gb(config), max_workers=wanted)
     return dict(
