@@ -133,18 +133,18 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert not (tmp_path / "report.html").exists()
 
 
-def test_report_of_a_region_based_run(tmp_path):
-    """Regions ("1,2" keys) in the Dice tables, the ranking and the overlays; validation faked from the labels."""
+def _region_run(tmp_path: Path) -> tuple[Path, Path]:
+    """(dataset, work folder): a region-based dataset planned, 3d_fullres validated on every fold with the
+    reference labels as predictions and made-up Dice values (no training: no logs), not selected yet."""
     ds = make_synthetic_dataset(tmp_path / "Dataset032_Regions", n_cases=5, shape=(10, 14, 14), regions=True)
     run = tmp_path / "run"
     assert main(["plan", str(ds), "--workdir", str(run), *PLAN]) == 0
     wd = Workdir(run)
-    splits = json.loads(wd.splits_json.read_text())["folds"]
     rng = np.random.default_rng(0)
-    for k, fold in enumerate(splits):
+    for k, fold in enumerate(json.loads(wd.splits_json.read_text())["folds"]):
         per_case = {}
         wd.validation_dir("3d_fullres", k).mkdir(parents=True)
-        for cid in fold["val"]:  # the reference as the prediction
+        for cid in fold["val"]:
             shutil.copy(ds / "labelsTr" / f"{cid}.nii.gz", wd.validation_dir("3d_fullres", k) / f"{cid}.nii.gz")
             per_case[cid] = {key: {"dice": float(rng.uniform(0.5, 1.0))} for key in ("1,2", "2")}
         per_class = {key: {"name": f"region_{i + 1}", "dice": float(np.mean([c[key]["dice"] for c in per_case.values()]))}
@@ -153,11 +153,28 @@ def test_report_of_a_region_based_run(tmp_path):
                               {"dice": 0.7}, per_case, mean_seconds_per_case=0.1),
                   wd.validation_summary_json("3d_fullres", k))
         wd.checkpoint("3d_fullres", k, "final").write_bytes(b"")
+    return ds, run
+
+
+def test_report_of_a_region_based_run(tmp_path):
+    """Regions ("1,2" keys) in the Dice tables and the overlays."""
+    _, run = _region_run(tmp_path)
     assert main(["report", "--workdir", str(run), "--no-progress"]) == 0
-    text = wd.report_html.read_text(encoding="utf-8")
+    text = Workdir(run).report_html.read_text(encoding="utf-8")
     assert "region_1 (1,2)" in text and "region_2 (2)" in text
     assert text.count('<img src="data:image/png;base64,') == 3  # no training logs; best, median, worst
-    assert "autoseg find-best --workdir" in text  # complete, not selected yet
+    assert f"autoseg find-best --workdir {run}" in text  # complete, not selected yet
+
+
+def test_report_without_the_images_says_why(tmp_path, caplog):
+    """The dataset moved away after planning: the overlays become lines saying why, the rest is written."""
+    ds, run = _region_run(tmp_path)
+    shutil.rmtree(ds / "imagesTr")
+    assert main(["report", "--workdir", str(run), "--no-progress"]) == 0
+    text = Workdir(run).report_html.read_text(encoding="utf-8")
+    assert "<img" not in text
+    assert text.count("cannot draw it:") == 3 and "imagesTr" in text
+    assert "region_1 (1,2)" in text
 
 
 # --------------------------------------------------------------------------- units

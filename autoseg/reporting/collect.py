@@ -77,12 +77,14 @@ class RunState:
 
 
 def class_names(manifest: DatasetManifest | None) -> dict[str, str]:
-    """Scored key -> name: regions as their label values joined by commas (``"1,2,3"``), labels as the value."""
+    """Scored key -> name, in the networks' output order: regions as their label values joined by commas
+    (``"1,2,3"``, in dataset.json's order), labels as the value (ascending)."""
     if manifest is None:
         return {}
     if manifest.regions:
         return {",".join(str(int(v)) for v in values): name for name, values in manifest.regions.items()}
-    return {str(int(v)): name for name, v in manifest.labels.items() if int(v) != 0 and int(v) != manifest.ignore_label}
+    labels = sorted((int(v), name) for name, v in manifest.labels.items())  # the networks' output order
+    return {str(v): name for v, name in labels if v != 0 and v != manifest.ignore_label}
 
 
 def is_run(root: Path) -> bool:
@@ -162,6 +164,9 @@ def collect_run(root: str | Path) -> RunState:
         what = ", ".join(p.name for p, obj in ((wd.plans_json, plans), (wd.splits_json, splits)) if obj is None)
         missing.append(Missing(f"the plan ({what}): nothing can be trained before it",
                                f"autoseg plan {dataset} --workdir {q}"))
+    if manifest is None:
+        missing.append(Missing("dataset_manifest.json (the dataset's case files): without it no validation case "
+                               "can be drawn", f"autoseg plan DATASET --workdir {q}"))
     folds: dict[str, list[FoldState]] = {}
     selection = _read(Selection, wd.selection_json, notes)
     if plans is None:

@@ -102,7 +102,7 @@ def _configuration_facts(cfg: ConfigurationPlan) -> Markup:
 def plan_section(state: RunState) -> Markup:
     plans = state.plans
     if plans is None:
-        command = state.missing[0].command if state.missing else None
+        command = next((m.command for m in state.missing if m.what.startswith("the plan")), None)
         return section("plan", "Plan and its reasons", missing_box("No plans.json yet.", command))
     hw = plans.hardware
     device = (f"GPU {hw.gpu_name or ''} {num(hw.gpu_total_memory_gb, 1)} GB" if hw.device == "cuda"
@@ -242,7 +242,10 @@ def cases_section(state: RunState, figures: Mapping[tuple, Figure]) -> Markup:
         figs = [(key, fig) for key, fig in figures.items() if key[0] == "overlay" and key[1] == name]
         parts.append(tag("h3", name))
         if not figs:
-            parts.append(missing_box(f"no validated fold of {name} yet."))
+            validated = any(f.summary is not None for f in state.folds[name])
+            parts.append(missing_box(f"no validated fold of {name} yet." if not validated else
+                                     "dataset_manifest.json is missing or unreadable, so the cases' images are "
+                                     "not known (see Status)."))
             continue
         shown = True
         parts.append(Markup('<div class="figs">' + "".join(_figure(f, f"{name} {k[2]} validation case")
