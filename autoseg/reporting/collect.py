@@ -200,8 +200,8 @@ def collect_run(root: str | Path) -> RunState:
                                    f"{', '.join(complete)}", f"autoseg find-best --workdir {q}"))
         else:
             missing.append(Missing("the cross-validation ranking (results/selection.json): find-best needs every "
-                                   "fold of at least one configuration trained and validated",
-                                   f"autoseg find-best --workdir {q}   (after the trainings above)"))
+                                   "fold of at least one configuration trained and validated; after the trainings "
+                                   "above", f"autoseg find-best --workdir {q}"))
     else:
         notes += _selection_notes(store, plans, selection, folds, complete, q)
     return RunState(root, manifest, plans, explained, splits, folds, selection, missing, notes)
