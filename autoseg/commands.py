@@ -423,5 +423,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- report
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write the run as one self-contained HTML page",
+                       description="Writes one HTML file (pictures embedded, nothing loaded from elsewhere, "
+                                   "works offline): the plan with every decision's reason, each training's "
+                                   "curves, the cross-validation ranking and postprocessing, per-class Dice "
+                                   "per fold, and the best, median and worst validation case per configuration. "
+                                   "A partial run gives a partial report naming what is missing and the "
+                                   "command that makes it.")
+    p.add_argument("--workdir", required=True, help="work folder of a run (made by `autoseg plan`)")
+    p.add_argument("-o", "--output", default=None, metavar="FILE",
+                   help="the HTML file to write (default: RUN/report.html)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a TTY)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .usecases.report import write_report
+
+    result = write_report(args.workdir, args.output, progress=not args.no_progress)
+    print(f"report written: {result.path} ({result.n_images} picture(s), {result.seconds:.1f} s)")
+    if result.missing:
+        print("not there yet:")
+        for what, command in result.missing:
+            print(f"  - {what}\n      {command}")
+    for note in result.notes:
+        print(f"  note: {note}")
+    return 0
+
+
 ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_train, _add_find_best, _add_predict,
-                                                                _add_evaluate, _add_run, _add_demo]
+                                                                _add_evaluate, _add_run, _add_demo,
+                                                                _add_report]

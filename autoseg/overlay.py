@@ -1,10 +1,12 @@
 """A PNG that shows a segmentation on its image: image, reference and prediction, slice by slice.
 
 Three rows of panels (image alone; image with the reference; image with the prediction), one
-column per axial slice (array axis 0 of ``(Z, Y, X)``), each label in its own colour (filled,
+column per axial slice (array axis 0 of ``(Z, Y, X)``), or with ``side_by_side`` one row per slice
+with the three panels beside each other (the run report), each label in its own colour (filled,
 half transparent, with its contour), a legend with the label names and a title. The figure has an
 exact pixel size (:func:`overlay_size_px`), so callers and tests know what they get. matplotlib
-runs with the Agg backend (no display needed).
+runs with the Agg backend (no display needed). :func:`write_overlay_png` writes the file,
+:func:`render_overlay_png` returns the PNG bytes (the run report embeds them).
 """
 from __future__ import annotations
 
@@ -35,9 +37,11 @@ def label_colour(label: int) -> tuple[float, float, float]:
     return tuple(matplotlib.colormaps["tab10"]((label - 1) % 10)[:3])
 
 
-def overlay_size_px(n_slices: int) -> tuple[int, int]:
-    """(width, height) in pixels of an overlay with ``n_slices`` columns."""
-    return ROW_LABEL_PX + n_slices * PANEL_PX, HEADER_PX + len(ROWS) * PANEL_PX
+def overlay_size_px(n_slices: int, side_by_side: bool = False) -> tuple[int, int]:
+    """(width, height) in pixels of an overlay with ``n_slices`` slices: one column per slice (the
+    default), or with ``side_by_side`` one row per slice with image, reference and prediction beside each other."""
+    cols, rows = (len(ROWS), n_slices) if side_by_side else (n_slices, len(ROWS))
+    return ROW_LABEL_PX + cols * PANEL_PX, HEADER_PX + rows * PANEL_PX
 
 
 def choose_slices(reference: np.ndarray, prediction: np.ndarray, n_slices: int = 4) -> list[int]:
@@ -69,14 +73,34 @@ def _rgba(label_slice: np.ndarray, labels: Sequence[int]) -> np.ndarray:
 def write_overlay_png(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, path: str | Path, *,
                       label_names: Mapping[int, str], title: str,
                       spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0), slices: Sequence[int] | None = None,
-                      n_slices: int = 4) -> dict:
-    """Write the overlay PNG of one case to ``path`` (atomically).
+                      n_slices: int = 4, side_by_side: bool = False) -> dict:
+    """Write the overlay PNG of one case to ``path`` (atomically); the arguments are :func:`render_overlay_png`'s.
+    Returns ``{"path", "slices", "size_px": (width, height)}``."""
+    png, info = render_overlay_png(image, reference, prediction, label_names=label_names, title=title,
+                                   spacing_zyx=spacing_zyx, slices=slices, n_slices=n_slices,
+                                   side_by_side=side_by_side)
+
+    def _w(tmp: str) -> None:
+        Path(tmp).write_bytes(png)
+
+    atomic_write(path, _w, suffix=".png")
+    return {"path": str(path), **info}
+
+
+def render_overlay_png(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, *,
+                       label_names: Mapping[int, str], title: str,
+                       spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0), slices: Sequence[int] | None = None,
+                       n_slices: int = 4, side_by_side: bool = False) -> tuple[bytes, dict]:
+    """The overlay of one case as PNG bytes, and ``{"slices", "size_px": (width, height)}``.
 
     ``image``: ``(Z, Y, X)`` intensities (one channel); ``reference`` and ``prediction``: ``(Z, Y, X)``
-    label maps on the same grid; ``label_names``: foreground label value -> name (legend);
-    ``spacing_zyx`` (mm) sets the in-plane aspect ratio; ``slices``: axial indices to show (default
-    :func:`choose_slices`). Returns ``{"path", "slices", "size_px": (width, height)}``.
+    label maps on the same grid; ``label_names``: foreground label value -> name (legend; values not
+    named, e.g. an ignore label, are not drawn); ``spacing_zyx`` (mm) sets the in-plane aspect ratio;
+    ``slices``: axial indices to show (default :func:`choose_slices`); ``side_by_side``: one row per
+    slice (image, reference, prediction beside each other) instead of one column per slice.
     """
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,15 +112,17 @@ def write_overlay_png(image: np.ndarray, reference: np.ndarray, prediction: np.n
                          f"{image.shape}, {reference.shape}, {prediction.shape}")
     slices = list(slices) if slices is not None else choose_slices(reference, prediction, n_slices)
     labels = sorted(int(k) for k in label_names)
-    width, height = overlay_size_px(len(slices))
+    width, height = overlay_size_px(len(slices), side_by_side)
+    n_rows = len(slices) if side_by_side else len(ROWS)
     fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     body = image[image != 0] if np.any(image != 0) else image.ravel()
     vmin, vmax = (float(v) for v in np.percentile(body, [0.5, 99.5]))
     aspect = float(spacing_zyx[1]) / float(spacing_zyx[2])
-    for col, z in enumerate(slices):
-        for row, name in enumerate(ROWS):
+    for s_index, z in enumerate(slices):
+        for k, name in enumerate(ROWS):
+            row, col = (s_index, k) if side_by_side else (k, s_index)
             left = (ROW_LABEL_PX + col * PANEL_PX) / width
-            bottom = (len(ROWS) - 1 - row) * PANEL_PX / height
+            bottom = (n_rows - 1 - row) * PANEL_PX / height
             ax = fig.add_axes((left, bottom, PANEL_PX / width, PANEL_PX / height))
             ax.imshow(image[z], cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect, interpolation="nearest")
             seg = {"reference": reference, "prediction": prediction}.get(name)
@@ -108,19 +134,18 @@ def write_overlay_png(image: np.ndarray, reference: np.ndarray, prediction: np.n
                                    linewidths=1.2)
             ax.set_xticks([])
             ax.set_yticks([])
+            column_title, row_title = (name, f"slice z={z}") if side_by_side else (f"slice z={z}", name)
             if row == 0:
-                ax.set_title(f"slice z={z}", fontsize=8, pad=2)
+                ax.set_title(column_title, fontsize=8, pad=2)
             if col == 0:
-                ax.set_ylabel(name, fontsize=9)
+                ax.set_ylabel(row_title, fontsize=9)
     fig.text(0.5, 1 - 8 / height, title, ha="center", va="top", fontsize=10)
     handles = [Patch(facecolor=(*label_colour(lab), FILL_ALPHA), edgecolor=label_colour(lab),
                      label=f"{lab} {label_names[lab]}") for lab in labels]
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1 - 30 / height), ncol=len(handles),
-               fontsize=8, frameon=False)
-
-    def _w(tmp: str) -> None:
-        fig.savefig(tmp, dpi=DPI, format="png")
-
-    atomic_write(path, _w, suffix=".png")
+    if handles:
+        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1 - 30 / height), ncol=len(handles),
+                   fontsize=8, frameon=False)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=DPI, format="png")
     plt.close(fig)
-    return {"path": str(path), "slices": slices, "size_px": (width, height)}
+    return buffer.getvalue(), {"slices": slices, "size_px": (width, height)}

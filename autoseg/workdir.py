@@ -6,6 +6,7 @@
     RUN/preprocessed/<data_identifier>/<case>.npy | <case>_seg.npy | <case>.json
     RUN/results/<configuration>/fold_<k>/...
     RUN/results/selection.json
+    RUN/report.html                 (`autoseg report`, unless -o names another file)
 """
 from __future__ import annotations
 
@@ -122,3 +123,9 @@ class Workdir:
     @property
     def selection_json(self) -> Path:
         return self.results_root / "selection.json"
+
+    # report
+    @property
+    def report_html(self) -> Path:
+        """The default output of `autoseg report`: the run as one self-contained HTML page."""
+        return self.root / "report.html"
