@@ -328,7 +328,8 @@ class Predictor:
                          return_uncertainty: bool = False) -> PredictionResult:
         """Run the networks on a :class:`PreparedCase` (used up: its arrays are freed as it goes)."""
         shape = tuple(prepared.shape_zyx)
-        members = MemberStore(self.num_members, (self.num_classes, *shape)) \
+        weight = 1.0 / self.num_classes if self.label_spec.region_based else 0.5  # TV, or the mean over regions
+        members = MemberStore(self.num_members, (self.num_classes, *shape), weight) \
             if return_uncertainty and self.num_members > 1 else None
         total: np.ndarray | None = None
         inputs_of_next: dict[str, np.ndarray] = {}  # previous stage -> its segmentation (original geometry)

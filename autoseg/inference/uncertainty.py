@@ -20,7 +20,10 @@ class MemberStore:
     """Every ensemble member's probabilities (M, K, Z, Y, X) in a float16 file on disk (RAM stays
     bounded), reduced slab by slab to the mean total-variation distance to the ensemble."""
 
-    def __init__(self, num_members: int, shape: tuple[int, ...]):
+    def __init__(self, num_members: int, shape: tuple[int, ...], weight: float = 0.5):
+        """``weight`` x the summed absolute difference over the channels: 0.5 gives the total-variation distance
+        of class distributions; region probabilities (which need not sum to 1) use 1 / regions, their mean."""
+        self._weight = float(weight)
         self._dir = tempfile.TemporaryDirectory(prefix="autoseg_members_")
         self._store = np.lib.format.open_memmap(Path(self._dir.name) / "members.npy", mode="w+",
                                                 dtype=np.float16, shape=(num_members, *shape))
@@ -41,7 +44,7 @@ class MemberStore:
             ref = mean[:, z:z + step]
             for m in range(self._count):
                 out[z:z + step] += np.abs(self._store[m, :, z:z + step].astype(np.float32) - ref).sum(axis=0)
-        out *= 0.5 / self._count
+        out *= self._weight / self._count
         return np.clip(out, 0.0, 1.0, out=out)
 
     def close(self) -> None:
