@@ -69,3 +69,25 @@ def test_a_list_of_case_folders_and_files(tmp_path):
         find_cases([tmp_path / "a", tmp_path / "x" / "a"], manifest(), tmp_path / "out")
     with pytest.raises(AutosegError, match="is an input folder"):
         find_cases([tmp_path / "a"], manifest(), (tmp_path / "a").resolve())
+
+
+def test_dicom_channels_are_read_on_one_grid(tmp_path, caplog):
+    from autoseg.inference.case_io import read_case_image
+
+    vol = np.random.default_rng(7).uniform(0, 100, (3, 6, 5)).astype(np.float32)
+    ct = write_dicom_series(tmp_path / "c" / "0000", vol)
+    write_dicom_series(tmp_path / "c" / "0001", vol * 2, modality="MR", seed=1)
+    folders = [str(tmp_path / "c" / "0000"), str(tmp_path / "c" / "0001")]
+    with caplog.at_level("WARNING"):
+        image, geometry, series = read_case_image("c", folders, 2, ["CT", "T2"])
+    assert image.shape == (2, 3, 6, 5) and geometry.size == (5, 6, 3)
+    assert series is not None and series.series_instance_uid == ct.series_uid  # the SEG references channel 0000
+    assert not caplog.records  # CT is CT, T2 is MR: no modality warning
+    with caplog.at_level("WARNING"):
+        read_case_image("c", folders, 2, ["CT", "CT"])
+    assert "channel 1 of the model is 'CT' but the DICOM series in" in caplog.text
+    write_dicom_series(tmp_path / "d" / "0000", vol)
+    write_dicom_series(tmp_path / "d" / "0001", vol, origin_xyz=(0.0, 0.0, 0.0), seed=1)
+    with pytest.raises(AutosegError, match=r"case d: the DICOM series in .*0001 lies on another grid than the one in "
+                                           r".*0000 \(spacing .* origin \(0\.0, 0\.0, 0\.0\) vs \(12\.5, -30\.0, 4\.0\)"):
+        read_case_image("d", [str(tmp_path / "d" / "0000"), str(tmp_path / "d" / "0001")], 2, ["CT", "CT"])
