@@ -237,11 +237,14 @@ def _cmd_find_best(args: argparse.Namespace) -> int:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment new images with the selected configuration(s)",
-                       description="Segments every case in INPUT (a folder in imagesTs layout, or files) and "
-                                   "writes each with its input's geometry and format. Without -c it uses "
+                       description="Segments every case in INPUT (a folder in imagesTs layout and/or of DICOM "
+                                   "series folders, one DICOM series folder, or files) and writes each with its "
+                                   "input's geometry and format (NIfTI for DICOM series). Without -c it uses "
                                    "results/selection.json (running find-best first when it is missing).")
     p.add_argument("--workdir", required=True, help="work folder with trained folds")
-    p.add_argument("-i", "--input", required=True, nargs="+", help="folder of <case>_<cccc><ext> files, or files")
+    p.add_argument("-i", "--input", required=True, nargs="+",
+                   help="folder of <case>_<cccc><ext> files and/or of case folders holding one DICOM series each "
+                        "(or channel folders 0000/, 0001/, ...); one DICOM series folder; or files / case folders")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("-c", "--configurations", nargs="+", default=None, metavar="CONFIG",
                    help="use these configurations (probabilities averaged) instead of the selection")
@@ -254,6 +257,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--step-size", type=_step_size, default=None, metavar="F",
                    help="sliding-window step as a fraction of the patch, 0 < F <= 1 (default 0.5, "
                         "0.75 with --fast); larger is faster, with fewer overlapping tiles")
+    p.add_argument("--output-format", choices=["auto", "dicom-seg"], default="auto",
+                   help="auto (default): each segmentation in its input's format, .nii.gz for DICOM series; "
+                        "dicom-seg: also a DICOM Segmentation <case>.dcm per case, referencing its series "
+                        "(DICOM inputs only; needs pip install 'autoseg[dicom]')")
     p.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz probabilities")
     p.add_argument("--save-uncertainty", action="store_true",
                    help="also write a per-voxel map of disagreement between the ensemble members")
@@ -290,7 +297,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                      fast=args.fast, step_size=args.step_size, mirror=False if args.no_mirroring else None,
                      save_probabilities=args.save_probabilities, save_uncertainty=args.save_uncertainty,
                      device=args.device, progress=not args.no_progress, num_workers=args.num_workers,
-                     checkpoint=args.checkpoint, num_parts=args.num_parts, part_id=args.part_id, resume=args.resume)
+                     checkpoint=args.checkpoint, num_parts=args.num_parts, part_id=args.part_id, resume=args.resume,
+                     output_format=args.output_format)
     if result.find_best is not None:
         print(result.find_best.ranking)
     print(f"predicted {len(result.predicted_cases)} case(s) into {args.output} with "

@@ -1,12 +1,14 @@
 """Predict a folder (or a list) of new cases: what ``autoseg predict`` calls.
 
-Inputs are either a folder in nnU-Net's ``imagesTs`` layout (``<case>_<cccc><file_ending>``, one
-file per channel) or a list of single files (one case per file: single-channel datasets, or one
-RGB file per case). Each case is predicted on its own: a case that fails (missing channel file,
-unreadable image, ...) is reported at the end while the others are written. Outputs in
-``output_dir``: ``<case><ending>`` with the input's format and geometry, optional ``<case>.npz``
-probabilities and ``<case>_uncertainty<ending>``, and ``prediction_info.json`` saying which models
-produced them.
+Inputs (:mod:`.case_inputs`) are a folder in nnU-Net's ``imagesTs`` layout (``<case>_<cccc><file_ending>``,
+one file per channel) and/or of DICOM case folders (one series each, or channel folders ``0000``, ...),
+a DICOM series folder, or a list of single files (one case per file: single-channel datasets, or one
+RGB file per case) and DICOM case folders. Each case is predicted on its own: a case that fails
+(missing channel file, unreadable image, a folder with two series, ...) is reported at the end while
+the others are written. Outputs in ``output_dir``: ``<case><ending>`` with the input's format and
+geometry (``.nii.gz`` for DICOM series), with ``output_format="dicom-seg"`` also a DICOM SEG
+``<case>.dcm`` (:mod:`.dicom_seg`), optional ``<case>.npz`` probabilities and
+``<case>_uncertainty<ending>``, and ``prediction_info.json`` saying which models produced them.
 
 Overlap (``num_workers`` >= 2): while the networks predict one case in the calling thread, a
 background thread reads and preprocesses the next case and writes the previous one's files (with
@@ -16,8 +18,6 @@ written. The networks run in the calling thread only, so the outputs are those o
 from __future__ import annotations
 
 import logging
-import os
-import re
 import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
@@ -31,89 +31,16 @@ from ..atomic import atomic_write_json
 from ..errors import AutosegError
 from ..schemas import CaseFiles, to_dict
 from ..store import RunStore, file_hash
+from .case_inputs import find_cases, is_dicom_job
 from .case_io import case_output_paths
+from .dicom_seg import SegModel, dicom_seg_path, require_highdicom, write_dicom_seg
 from .partial import check_parts, info_name, model_signature, predicted_before
 from .predictor import PredictionResult, Predictor, PreparedCase
 
 log = logging.getLogger(__name__)
 
-_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-
-
-def _group_folder(folder: Path, file_ending: str) -> tuple[list[CaseFiles], dict[str, str]]:
-    """``<case>_<cccc><ending>`` files of ``folder`` -> (cases with contiguous channels, problems by case).
-
-    A case whose channel numbers have a gap, a file with the right ending that is not named
-    ``<case>_<cccc>``, or a ``<case>_<cccc>`` image in another supported format (a folder that mixes
-    formats) becomes a problem of that case (the other cases are still predicted). Other files are
-    ignored with a warning.
-    """
-    from ..data.image_io import SUPPORTED_ENDINGS, ending_of
-
-    grouped: dict[str, dict[int, str]] = {}
-    problems: dict[str, str] = {}
-    other_endings: set[str] = set()
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_file():
-            continue
-        if not entry.name.endswith(file_ending):
-            ending = ending_of(entry.name)
-            m = _CHANNEL_FILE.match(entry.name[: -len(ending)] if ending else entry.name)
-            if ending in SUPPORTED_ENDINGS and m is not None:  # an image of this folder, in another format
-                problems.setdefault(m["case"], (
-                    f"case {m['case']}: {folder / entry.name} is a '{ending}' file, but this model's dataset uses "
-                    f"'{file_ending}' and a folder is read in that format only; convert the case's files to "
-                    f"{file_ending}"))
-                continue
-            other_endings.add(Path(entry.name).suffix or entry.name)
-            continue
-        stem = entry.name[: -len(file_ending)]
-        m = _CHANNEL_FILE.match(stem)
-        if m is None:
-            problems[stem] = (f"{folder / entry.name} is not named <case>_<cccc>{file_ending} (case id, "
-                              f"underscore, 4-digit channel index); rename it, e.g. to {stem}_0000{file_ending}")
-            continue
-        grouped.setdefault(m["case"], {})[int(m["channel"])] = str(folder / entry.name)
-    if other_endings:
-        log.warning("%s: ignoring files not ending in the dataset's file ending '%s' (found %s)", folder,
-                    file_ending, ", ".join(sorted(other_endings)))
-    if not grouped and not problems:
-        raise AutosegError(f"{folder}: no files ending in '{file_ending}' found; expected images named "
-                           f"<case>_0000{file_ending} (nnU-Net imagesTs layout)"
-                           + (f"; found files ending in {', '.join(sorted(other_endings))}" if other_endings else ""))
-    cases = []
-    for case_id in sorted(grouped):
-        if case_id in problems:  # e.g. one of its channels in another format: the case fails as a whole
-            continue
-        files = grouped[case_id]
-        gaps = [i for i in range(max(files) + 1) if i not in files]
-        if gaps:
-            names = ", ".join(str(folder / f"{case_id}_{i:04d}{file_ending}") for i in gaps)
-            problems[case_id] = (f"case {case_id}: missing channel file(s) {names}; expected "
-                                 f"{case_id}_0000{file_ending} .. {case_id}_{max(files):04d}{file_ending} "
-                                 f"without gaps; add them")
-            continue
-        cases.append(CaseFiles(case_id, tuple(files[i] for i in sorted(files))))
-    return cases, problems
-
-
-def _single_files(paths: Sequence[str | Path]) -> list[tuple[CaseFiles, str]]:
-    """One case per file: (CaseFiles, the file's ending). A trailing ``_0000`` is not part of the id."""
-    from ..data.image_io import ending_of
-
-    out, seen = [], {}
-    for p in paths:
-        path = Path(p).resolve()
-        ending = ending_of(path)
-        stem = path.name[: len(path.name) - len(ending)] if ending else path.name
-        m = _CHANNEL_FILE.match(stem)
-        case_id = m["case"] if m and m["channel"] == "0000" else stem
-        if case_id in seen:
-            raise AutosegError(f"{path} and {seen[case_id]} would both be written as case '{case_id}'; "
-                               f"rename one of them")
-        seen[case_id] = path
-        out.append((CaseFiles(case_id, (str(path),)), ending))
-    return out
+#: ``output_format`` values: the input's format (NIfTI for DICOM series), or also a DICOM SEG per DICOM case
+OUTPUT_FORMATS = ("auto", "dicom-seg")
 
 
 def _remove_outputs(out_path: Path) -> None:
@@ -160,6 +87,7 @@ def default_num_workers(jobs: Sequence[tuple[CaseFiles, str]], predictor: Predic
     it is read, 4C x (preprocessed / original voxels) per preprocessed grid, and its result: 1 byte
     of segmentation, 4K + 2K of probabilities and their float16 copy, 4 of uncertainty.
     """
+    from ..data.dicom_io import estimate_series_geometry
     from ..data.image_io import read_image_info
     from ..hardware import worker_count
     from ..preprocessing.preprocess import target_spacing_zyx
@@ -169,9 +97,11 @@ def default_num_workers(jobs: Sequence[tuple[CaseFiles, str]], predictor: Predic
     worst = 0.0
     for case, _ in jobs:
         try:
-            geom = read_image_info(case.images[0])
+            geom = estimate_series_geometry(case.images[0]) if is_dicom_job(case) else read_image_info(case.images[0])
         except AutosegError:
             continue  # reported when the case is read
+        if geom is None:
+            continue
         ratios = sum(float(np.prod([s / t for s, t in zip(geom.spacing_zyx, target_spacing_zyx(geom.spacing_zyx, p))]))
                      for p in plans.values())
         c, k = predictor.num_channels, predictor.num_classes
@@ -181,9 +111,11 @@ def default_num_workers(jobs: Sequence[tuple[CaseFiles, str]], predictor: Predic
 
 def _predict_jobs(predictor: Predictor, jobs: Sequence[tuple[CaseFiles, str]], output_dir: Path, workers: int,
                   save_probabilities: bool, save_uncertainty: bool, failed: dict[str, str],
-                  progress: bool) -> dict[str, float]:
+                  progress: bool, seg_writer: Callable[[PreparedCase], Callable[..., Any]] | None = None
+                  ) -> dict[str, float]:
     """Predict every job (see the module doc for the overlap); returns seconds per written case and
-    adds the failed ones to ``failed`` (their output files removed)."""
+    adds the failed ones to ``failed`` (their output files removed). ``seg_writer(prepared)``: the
+    DICOM SEG writer of a case (``--output-format dicom-seg``)."""
     from tqdm import tqdm
 
     reader = ThreadPoolExecutor(1, thread_name_prefix="autoseg-read") if workers >= 2 and len(jobs) > 1 else None
@@ -198,7 +130,8 @@ def _predict_jobs(predictor: Predictor, jobs: Sequence[tuple[CaseFiles, str]], o
 
     def write(case: CaseFiles, prepared: PreparedCase, result: PredictionResult, out_path: Path) -> float:
         t0 = time.monotonic()
-        predictor.write_result(case.case_id, prepared.geometry, result, out_path)
+        predictor.write_result(case.case_id, prepared.geometry, result, out_path,
+                               dicom_seg=seg_writer(prepared) if seg_writer is not None else None)
         return time.monotonic() - t0
 
     def fail(i: int, e: BaseException) -> None:
@@ -259,18 +192,51 @@ def _predict_jobs(predictor: Predictor, jobs: Sequence[tuple[CaseFiles, str]], o
     return seconds
 
 
+def _refuse_dicom_seg_without_dicom(jobs: Sequence[tuple[CaseFiles, str]], failed: dict[str, str],
+                                    dicom: set[str]) -> None:
+    """``--output-format dicom-seg`` needs DICOM series in (a SEG references its source images) and highdicom."""
+    not_dicom = [c.images[0] for c, _ in jobs if not is_dicom_job(c)]
+    not_dicom += [f"case {case_id}" for case_id in failed if case_id not in dicom]
+    if not_dicom:
+        shown = ", ".join(str(p) for p in not_dicom[:5]) + (f" and {len(not_dicom) - 5} more" if len(not_dicom) > 5 else "")
+        raise AutosegError(f"--output-format dicom-seg writes DICOM Segmentations, which reference the DICOM series "
+                           f"they segment, but {len(not_dicom)} input case(s) are not DICOM series: {shown}; pass "
+                           f"folders that hold one DICOM series per case, or drop --output-format dicom-seg (the "
+                           f"segmentations are then written in the input's format)")
+    require_highdicom()
+
+
+def _seg_writer(predictor: Predictor, manifest: Any) -> Callable[[PreparedCase], Callable[..., Any]]:
+    """``prepared -> (segmentation, path) -> write_dicom_seg(...)``, labels named by the dataset's ``labels``."""
+    label_names = {int(v): str(name) for name, v in manifest.labels.items()}
+    model = SegModel(dataset_name=predictor.plans.dataset_name, configurations=tuple(predictor.configurations),
+                     folds=tuple(str(f) for f in predictor.folds), plans_hash=predictor.plans_hash)
+
+    def for_case(prepared: PreparedCase) -> Callable[..., Any]:
+        if prepared.dicom is None:
+            raise AutosegError(f"case {prepared.case_id}: is not a DICOM series, so no DICOM SEG can be written")
+        series = prepared.dicom
+        return lambda segmentation, path: write_dicom_seg(segmentation, series, path, label_names=label_names,
+                                                          model=model)
+
+    return for_case
+
+
 def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path], output_dir: str | Path, *,
                   configurations: Sequence[str] | None = None, folds: Sequence[int | str] | None = None,
                   fast: bool = False, step_size: float | None = None, mirror: bool | None = None,
                   save_probabilities: bool = False, save_uncertainty: bool = False,
                   device: str | None = None, progress: bool = True, precision: str = "auto",
                   checkpoint: str = "final", num_workers: int | None = None, num_parts: int = 1,
-                  part_id: int = 0, resume: bool = False) -> dict[str, Any]:
+                  part_id: int = 0, resume: bool = False, output_format: str = "auto") -> dict[str, Any]:
     """Predict every case of ``inputs`` into ``output_dir``; returns what prediction_info.json holds.
 
     ``inputs``: a folder in imagesTs layout (channel count from the plans, file ending from the
-    dataset manifest), a single image file, or a list of image files (one case each; for datasets
-    with one file per case). ``configurations``/``folds``/``fast``/``step_size``/``mirror``/
+    dataset manifest) and/or of DICOM case folders, a DICOM series folder, a single image file, or a
+    list of image files (one case each; for datasets with one file per case) and DICOM case folders
+    (:mod:`.case_inputs`). ``output_format``: "auto" (the input's format; ``.nii.gz`` for DICOM
+    series) or "dicom-seg" (also a DICOM SEG ``<case>.dcm`` per case; DICOM inputs only, anything else
+    refused before a network is loaded). ``configurations``/``folds``/``fast``/``step_size``/``mirror``/
     ``device``/``precision``/``checkpoint``: see :class:`~autoseg.inference.predictor.Predictor`
     (None: the selection's winner). ``num_workers``: threads working on cases at once, the
     networks' included (1: one case after the other; None: :func:`default_num_workers`).
@@ -282,32 +248,15 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
     models in prediction_info.json); after every other case is written and prediction_info.json
     is saved, AutosegError lists the failed cases.
     """
+    if output_format not in OUTPUT_FORMATS:
+        raise AutosegError(f"output format '{output_format}' is unknown; expected one of {', '.join(OUTPUT_FORMATS)}")
     store = RunStore(workdir)
     manifest = store.manifest()
     output_dir = Path(output_dir).resolve()
-    jobs: list[tuple[CaseFiles, str]] = []
-    failed: dict[str, str] = {}
-    if isinstance(inputs, (str, Path)) and Path(inputs).is_dir():
-        folder = Path(inputs).resolve()
-        if folder == output_dir:
-            raise AutosegError(f"the output folder {output_dir} is the input folder; predictions would be "
-                               f"mixed with the images; choose another output folder (-o)")
-        cases, failed = _group_folder(folder, manifest.file_ending)
-        jobs = [(c, manifest.file_ending) for c in cases]
-    else:
-        files = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-        if not files:
-            raise AutosegError("no input given; pass a folder of <case>_0000 images or image files")
-        if manifest.cases and len(manifest.cases[0].images) > 1:
-            raise AutosegError(f"this dataset has {len(manifest.cases[0].images)} channel files per case, so "
-                               f"single files cannot be predicted; put the cases in a folder as "
-                               f"<case>_0000{manifest.file_ending}, <case>_0001{manifest.file_ending}, ... "
-                               f"and pass the folder (-i)")
-        missing = [str(f) for f in files if not Path(f).exists()]
-        if len(missing) == len(files):
-            raise AutosegError(f"input {', '.join(missing[:5])} does not exist; pass a folder of "
-                               f"<case>_0000{manifest.file_ending} images or existing image files")
-        jobs = _single_files(files)
+    found = find_cases(inputs, manifest, output_dir)
+    jobs, failed = found.jobs, found.failed
+    if output_format == "dicom-seg":
+        _refuse_dicom_seg_without_dicom(jobs, failed, found.dicom)
     check_parts(num_parts, part_id)
     if num_parts > 1:  # round-robin over the sorted case ids, failed groupings included
         mine = set(sorted({c.case_id for c, _ in jobs} | set(failed))[part_id::num_parts])
@@ -340,20 +289,22 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
         for reason in ignored:
             log.info("--continue: %s; its cases are predicted again", reason)
         kept = sorted(c.case_id for c, ending in jobs
-                      if c.case_id in done and (output_dir / f"{c.case_id}{ending}").is_file())
+                      if c.case_id in done and (output_dir / f"{c.case_id}{ending}").is_file()
+                      and (output_format != "dicom-seg" or dicom_seg_path(output_dir / f"{c.case_id}{ending}").is_file()))
         jobs = [j for j in jobs if j[0].case_id not in kept]
         log.info("--continue: %d case(s) already predicted by this model are kept, %d to predict", len(kept),
                  len(jobs))
     output_dir.mkdir(parents=True, exist_ok=True)
     for case_id, message in failed.items():  # misnamed files, channel gaps: no older output may stay
-        _remove_outputs(output_dir / f"{case_id}{manifest.file_ending}")
+        _remove_outputs(output_dir / f"{case_id}{found.endings.get(case_id, manifest.file_ending)}")
         log.error("%s", message)
     workers = int(num_workers) if num_workers is not None else default_num_workers(jobs, predictor)
     log.info("predicting %d case(s) with %d thread(s)%s", len(jobs), workers,
              " (reading ahead and writing in the background)" if workers > 1 and len(jobs) > 1 else "")
     t_start = time.monotonic()
+    seg_writer = _seg_writer(predictor, manifest) if output_format == "dicom-seg" else None
     seconds = _predict_jobs(predictor, jobs, output_dir, workers, save_probabilities, save_uncertainty, failed,
-                            progress)
+                            progress, seg_writer)
 
     info = {
         "autoseg_version": __version__,
@@ -361,6 +312,7 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
         **model,
         "selection_winner": predictor.selection_winner,
         "fast": predictor.fast,
+        "output_format": output_format,
         "part": {"num_parts": num_parts, "part_id": part_id},
         "device": str(predictor.device),
         "precision": dict(predictor.precisions),

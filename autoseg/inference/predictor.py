@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..data.dicom_io import DicomSeries
 from ..errors import AutosegError
 from ..schemas import (CaseFiles, CaseProperties, ConfigurationPlan, Geometry,
                        PostprocessingStep, load_json)
@@ -69,7 +70,8 @@ class PreparedCase:
     used once by :meth:`Predictor.predict_prepared`, which frees its arrays as it goes).
 
     ``image`` (C, Z, Y, X) float32, or None once every configuration's input is preprocessed;
-    ``preprocessed``: data_identifier -> (float32 (C, *S) data, CaseProperties) done ahead of time.
+    ``preprocessed``: data_identifier -> (float32 (C, *S) data, CaseProperties) done ahead of time;
+    ``dicom``: the first channel's DICOM series when the case was read from DICOM series folders.
     """
 
     case_id: str
@@ -78,6 +80,7 @@ class PreparedCase:
     image: np.ndarray | None
     preprocessed: dict[str, tuple[np.ndarray, CaseProperties]] = field(default_factory=dict)
     seconds: float = 0.0  # reading and preprocessing so far
+    dicom: DicomSeries | None = None
 
 
 class Predictor:
@@ -278,8 +281,9 @@ class Predictor:
         """Read one case's channel files (see :meth:`predict_file`) into a :class:`PreparedCase`."""
         t0 = time.monotonic()
         case_id, files = case_id_and_files(paths, out_path)
-        image, geometry = read_case_image(case_id, files, self.num_channels, self.channel_names)
+        image, geometry, dicom = read_case_image(case_id, files, self.num_channels, self.channel_names)
         prepared = self._prepare(image, geometry, case_id, preprocess, files=files)
+        prepared.dicom = dicom
         prepared.seconds = time.monotonic() - t0
         return prepared
 
@@ -386,10 +390,11 @@ class Predictor:
 
     # ------------------------------------------------------------------ files
     def write_result(self, case_id: str, geometry: Geometry, result: PredictionResult,
-                     out_path: str | Path) -> dict[str, Any]:
-        """Write a result's files (see :meth:`predict_file`); returns what :func:`write_case_outputs` does."""
+                     out_path: str | Path, *, dicom_seg: Any = None) -> dict[str, Any]:
+        """Write a result's files (see :meth:`predict_file`; ``dicom_seg``: see :func:`write_case_outputs`);
+        returns what :func:`write_case_outputs` does."""
         return write_case_outputs(case_id, out_path, geometry, result.segmentation, result.probabilities,
-                                  result.uncertainty)
+                                  result.uncertainty, dicom_seg=dicom_seg)
 
     def predict_file(self, paths: Sequence[str | Path] | CaseFiles | str | Path, out_path: str | Path, *,
                      save_probabilities: bool = False, save_uncertainty: bool = False) -> dict[str, Any]:

@@ -32,9 +32,10 @@ def predict(workdir: str | Path, inputs: str | Path | Sequence[str | Path], outp
             fast: bool = False, step_size: float | None = None, mirror: bool | None = None,
             save_probabilities: bool = False, save_uncertainty: bool = False, device: str | None = None,
             progress: bool = True, num_workers: int | None = None, checkpoint: str = "final",
-            num_parts: int = 1, part_id: int = 0, resume: bool = False) -> PredictResult:
+            num_parts: int = 1, part_id: int = 0, resume: bool = False, output_format: str = "auto") -> PredictResult:
     """Predict every case of ``inputs`` into ``output_dir`` (see :func:`autoseg.inference.predict_cases.predict_cases`;
-    ``checkpoint``: final or best; ``num_parts``/``part_id``/``resume``: :mod:`autoseg.inference.partial`)."""
+    ``checkpoint``: final or best; ``num_parts``/``part_id``/``resume``: :mod:`autoseg.inference.partial`;
+    ``output_format``: "auto" or "dicom-seg", :mod:`autoseg.inference.dicom_seg`)."""
     from ..inference.partial import check_parts, info_name
     from ..inference.predict_cases import predict_cases
 
@@ -50,7 +51,7 @@ def predict(workdir: str | Path, inputs: str | Path | Sequence[str | Path], outp
                          step_size=step_size, mirror=mirror, save_probabilities=save_probabilities,
                          save_uncertainty=save_uncertainty, device=device, progress=progress,
                          num_workers=num_workers, checkpoint=checkpoint, num_parts=num_parts, part_id=part_id,
-                         resume=resume)
+                         resume=resume, output_format=output_format)
     out = Path(output_dir).resolve()
     return PredictResult(output_dir=out, configurations=list(info["configurations"]), folds=list(info["folds"]),
                          predicted_cases=list(info["predicted_cases"]), failed_cases=dict(info["failed_cases"]),

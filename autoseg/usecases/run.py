@@ -139,11 +139,22 @@ def _validation_seconds_per_case(store: RunStore, configuration: str, folds: Seq
     return sum(values) / len(values) if values else None
 
 
-def _count_cases(folder: str | Path | None) -> int:
+def _case_ids(folder: str | Path | None) -> list[str]:
+    """The case ids of a prediction input folder: ``<case>_0000`` files and DICOM case folders (or the folder
+    itself when it holds one DICOM series)."""
+    from ..data.dicom_io import holds_dicom_files, is_dicom_case
+
     if folder is None or not Path(folder).is_dir():
-        return 0
+        return []
+    if holds_dicom_files(folder):
+        return [Path(folder).name]
     names = {p.name.split("_0000")[0] for p in Path(folder).iterdir() if "_0000" in p.name}
-    return len(names)
+    names |= {p.name for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith(".") and is_dicom_case(p)}
+    return sorted(names)
+
+
+def _count_cases(folder: str | Path | None) -> int:
+    return len(_case_ids(folder))
 
 
 def run(dataset: str | Path, workdir: str | Path, *, time_budget_s: float, predict_input: str | Path | None = None,
@@ -233,7 +244,7 @@ def _predict(store: RunStore, images: str | Path, out_dir: str | Path, *, progre
         except AutosegError:
             info = None
         if info is not None:
-            cases = sorted({p.name.split("_0000")[0] for p in Path(images).iterdir() if "_0000" in p.name})
+            cases = _case_ids(images)
             made_for = {"selection_hash": info.get("selection_hash") or "none",
                         "cases": sorted(info.get("predicted_cases", [])), "failed": bool(info.get("failed_cases"))}
             if freshness(info_path, made_for, {"selection_hash": file_hash(store.wd.selection_json), "cases": cases,
