@@ -94,3 +94,43 @@ def test_a_cpu_plan_is_never_dry_run_and_cuda_without_a_gpu_says_so(tmp_path, pl
 def test_precision_on_cuda_is_bf16_where_supported_else_fp16_with_a_scaler():
     assert cuda_precision(True)[0] == "bf16" and "no gradient scaler" in cuda_precision(True)[1]
     assert cuda_precision(False)[0] == "fp16" and "scaler" in cuda_precision(False)[1]
+
+
+def test_the_loader_is_sized_from_the_cores_and_ram_present_and_pins_memory_on_cuda(planned_cuda, monkeypatch):
+    import autoseg.hardware as hardware
+    from autoseg.usecases.train import _augmentation_worker_gb, default_training_settings
+
+    plans, _, _, _ = planned_cuda
+    cfg = plans.configuration("3d_fullres")
+    monkeypatch.setattr(hardware, "usable_cpu_cores", lambda: 16)
+    monkeypatch.setattr(hardware, "available_ram_gb", lambda: 128.0)
+    big = default_training_settings(plans, cfg, "0", device="cuda")
+    assert big["num_workers"] == 12 and big["precision"] == "auto"  # nnU-Net's cap of 12; cores - 1 = 15
+    per_worker = _augmentation_worker_gb(cfg)
+    monkeypatch.setattr(hardware, "available_ram_gb", lambda: 2.0 + 3.5 * per_worker)
+    assert default_training_settings(plans, cfg, "0", device="cuda")["num_workers"] == 3  # what the RAM holds
+    monkeypatch.setattr(hardware, "usable_cpu_cores", lambda: 2)
+    assert default_training_settings(plans, cfg, "0", device="cpu")["num_workers"] == 0  # cores for the network
+    from autoseg.schemas import TrainingSettings, from_dict
+    from autoseg.training import batch_iterator
+
+    seen = {}
+    monkeypatch.setattr(batch_iterator, "make_batch_iterator",
+                        lambda loader, transforms, n, seed, pin_memory=False: seen.setdefault(len(seen), pin_memory))
+    settings = from_dict(TrainingSettings, {**big, "device": "cuda", "num_workers": 0})
+    from autoseg.store import RunStore
+    from autoseg.training.splits import fold_cases
+
+    store = RunStore(planned_cuda[3] / "run")
+    train_ids, val_ids = fold_cases(store.splits(), "0")
+    batch_iterator.make_training_iterators(store.wd.preprocessed_dir(cfg.data_identifier), cfg, settings, train_ids,
+                                           val_ids, [[1.0, 1.0, 1.0]], 0)
+    assert seen == {0: True, 1: False}  # training batches pinned for non-blocking copies; validation in-process
+
+
+def test_channels_last_is_kept_only_when_it_measures_at_least_3_percent_faster():
+    from autoseg.training.gpu_kernels import choose_memory_format
+
+    assert choose_memory_format({"contiguous": 0.100, "channels_last": 0.080})[0] is True
+    use, reason = choose_memory_format({"contiguous": 0.100, "channels_last": 0.099})
+    assert use is False and "does not save 3 %" in reason and "0.0990 s/step" in reason

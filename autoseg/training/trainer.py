@@ -62,6 +62,7 @@ class TrainState:
     phase: int = 1  # `autoseg train --continue-for`: 2, 3, ... for each continuation of a finished training
     precision: str | None = None  # resolved precision ("auto" is measured once, then fixed)
     precision_probe: dict[str, float] = field(default_factory=dict)  # measured s/iteration per precision
+    channels_last: bool | None = None  # CUDA: the measured memory layout (training/gpu_kernels.py); None: not chosen
     ema_dice: float | None = None
     best_ema_dice: float = -1.0
     train_seconds: float = 0.0  # seconds inside train_step, over every run
@@ -155,6 +156,8 @@ class Trainer:
         try:
             if self.state.precision is None:  # measured by rank 0 in a torchrun job, the same on every rank
                 self.state.precision = agree(self._resolve_precision(train_it) if self.is_main else None, self.dist)
+            if self.device.type == "cuda":
+                self._choose_memory_format(train_it)
             if self.state.precision == "fp16" and self.scaler is None:
                 self.scaler = torch.amp.GradScaler("cuda")
                 if self._saved_scaler:
@@ -179,6 +182,29 @@ class Trainer:
         if self.is_main:
             self.wd.checkpoint(self.config.name, self.settings.fold, "latest").unlink(missing_ok=True)
         return self.state
+
+    def _choose_memory_format(self, train_it) -> None:
+        """CUDA: channels_last when it measured faster on this network and batch (once; a resumed run keeps it)."""
+        from .gpu_kernels import choose_memory_format, memory_format, time_memory_formats
+
+        if self.state.channels_last is None:
+            def step(net, opt, batch, channels_last: bool):
+                data, target = self._to_device(batch)
+                if channels_last:
+                    data = data.contiguous(memory_format=memory_format(net, self.config.dims))
+                opt.zero_grad(set_to_none=True)
+                with self._autocast():
+                    out = net(data)
+                self.loss(_float(out), target).backward()
+                opt.step()
+
+            timings = time_memory_formats(self.network, self.config.dims, step, next(train_it),
+                                          lambda net: make_optimizer(net, self.settings))
+            use, reason = choose_memory_format(timings)
+            log.info("%s", reason)
+            self.state.channels_last = agree(use if self.is_main else None, self.dist)
+        if self.state.channels_last:
+            self.network = self.network.to(memory_format=memory_format(self.network, self.config.dims))
 
     def _tick(self) -> None:
         """In a torchrun job: every rank takes rank 0's time now (the same points of the loop on every rank)."""
@@ -273,6 +299,10 @@ class Trainer:
 
     def _to_device(self, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor] | torch.Tensor]:
         data = batch["data"].to(self.device, non_blocking=True).float()
+        if self.state.channels_last:
+            from .gpu_kernels import memory_format
+
+            data = data.contiguous(memory_format=memory_format(self.network, self.config.dims))
         target = batch["target"] if "target" in batch else batch["seg"]
         if isinstance(target, (list, tuple)):
             target = [t.to(self.device, non_blocking=True).long() for t in target]
