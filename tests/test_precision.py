@@ -105,10 +105,8 @@ def test_trainer_probe_drops_a_crashing_bf16_and_leaves_its_network_alone(auto_t
 
     monkeypatch.setattr(Trainer, "train_step", step)
     monkeypatch.setattr(autoseg.hardware, "cpu_has_bf16", lambda *a: True)  # also on a CPU without bf16
-    import autoseg.training.trainer as trainer_module
-
     real_time = precision_module.time_precisions
-    monkeypatch.setattr(trainer_module, "time_precisions",
+    monkeypatch.setattr(precision_module, "time_precisions",
                         lambda steps: real_time(_OneThread(steps), **{**FAST, "seconds": 0.1}))
     trainer = auto_trainer
     weights = copy.deepcopy(trainer.network.state_dict())

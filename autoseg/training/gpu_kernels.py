@@ -10,10 +10,13 @@ is not measured against a training's budget yet. Not run on a GPU (docs/benchmar
 from __future__ import annotations
 
 import copy
+import logging
 import statistics
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 MIN_GAIN = 0.03  # channels_last must save at least 3 % of a step
 WARMUP_STEPS, TIMED_STEPS = 2, 5
@@ -58,3 +61,29 @@ def time_memory_formats(network: Any, dims: int, step: Callable[[Any, Any, Any, 
         del net, opt
         torch.cuda.empty_cache()
     return out
+
+
+def apply_measured_memory_format(trainer: Any, train_it: Any, make_optimizer: Callable, to_float: Callable) -> None:
+    """The trainer's layout: measured once (rank 0's choice in a torchrun job; a resumed run keeps it), then
+    the network converted when channels_last won."""
+    from .distributed import agree
+
+    dims = trainer.config.dims
+    if trainer.state.channels_last is None:
+        def step(net, opt, batch, channels_last: bool):
+            data, target = trainer._to_device(batch)
+            if channels_last:
+                data = data.contiguous(memory_format=memory_format(net, dims))
+            opt.zero_grad(set_to_none=True)
+            with trainer._autocast():
+                out = net(data)
+            trainer.loss(to_float(out), target).backward()
+            opt.step()
+
+        timings = time_memory_formats(trainer.network, dims, step, next(train_it),
+                                      lambda net: make_optimizer(net, trainer.settings))
+        use, reason = choose_memory_format(timings)
+        log.info("%s", reason)
+        trainer.state.channels_last = agree(use if trainer.is_main else None, trainer.dist)
+    if trainer.state.channels_last:
+        trainer.network = trainer.network.to(memory_format=memory_format(trainer.network, dims))

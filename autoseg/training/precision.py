@@ -114,3 +114,30 @@ def cuda_precision(bf16_supported: bool) -> tuple[str, str]:
     if bf16_supported:
         return "bf16", "precision auto on CUDA: bf16 autocast (the GPU supports bf16; fp32's range, no gradient scaler)"
     return "fp16", "precision auto on CUDA: fp16 autocast with a gradient scaler (this GPU has no bf16)"
+
+
+def resolve_precision(trainer: Any, train_it: Any) -> str:
+    """The trainer's precision: its setting, or for "auto" on CUDA :func:`cuda_precision`, on a CPU without
+    native bf16 fp32, else the faster of fp32 and bf16 on this network and batch, each timed in a child process
+    (a candidate whose child crashes is dropped; fp32 when none survives)."""
+    p = trainer.settings.precision
+    if p != "auto":
+        return p
+    if trainer.device.type == "cuda":
+        import torch
+
+        choice, reason = cuda_precision(torch.cuda.is_bf16_supported())
+        log.info("%s", reason)
+        return choice
+    from ..hardware import cpu_has_bf16
+    from .isolation import note
+
+    if not cpu_has_bf16():
+        return "fp32"
+    # each candidate trains a few steps in its own child process: one that crashes (SIGSEGV) is dropped
+    timings = time_precisions(TrainerSteps(trainer, next(train_it)))
+    best = choose_precision(timings)
+    trainer.state.precision_probe = {k: round(v, 4) for k, v in timings.items() if isinstance(v, float)}
+    log.info("precision auto: %s → %s", format_timings(timings), best)
+    note("precision", best)  # for run_training_guarded, if this runs in its child
+    return best

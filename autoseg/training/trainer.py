@@ -34,7 +34,6 @@ from ..model.checkpoint import load_resume_checkpoint, restore_rng_states, save_
 from .hooks import Checkpoints, EpochRecords, ProgressBar, TrainerHook
 from .losses import DeepSupervisionLoss, deep_supervision_weights, hard_dice_counts, make_loss
 from ..model.network import build_network
-from .precision import time_precisions
 from .records import rewrite_log
 from .schedule import FractionLR, PolyLR
 
@@ -184,27 +183,10 @@ class Trainer:
         return self.state
 
     def _choose_memory_format(self, train_it) -> None:
-        """CUDA: channels_last when it measured faster on this network and batch (once; a resumed run keeps it)."""
-        from .gpu_kernels import choose_memory_format, memory_format, time_memory_formats
+        """CUDA: channels_last when it measured faster on this network and batch (training/gpu_kernels.py)."""
+        from .gpu_kernels import apply_measured_memory_format
 
-        if self.state.channels_last is None:
-            def step(net, opt, batch, channels_last: bool):
-                data, target = self._to_device(batch)
-                if channels_last:
-                    data = data.contiguous(memory_format=memory_format(net, self.config.dims))
-                opt.zero_grad(set_to_none=True)
-                with self._autocast():
-                    out = net(data)
-                self.loss(_float(out), target).backward()
-                opt.step()
-
-            timings = time_memory_formats(self.network, self.config.dims, step, next(train_it),
-                                          lambda net: make_optimizer(net, self.settings))
-            use, reason = choose_memory_format(timings)
-            log.info("%s", reason)
-            self.state.channels_last = agree(use if self.is_main else None, self.dist)
-        if self.state.channels_last:
-            self.network = self.network.to(memory_format=memory_format(self.network, self.config.dims))
+        apply_measured_memory_format(self, train_it, make_optimizer, _float)
 
     def _tick(self) -> None:
         """In a torchrun job: every rank takes rank 0's time now (the same points of the loop on every rank)."""
@@ -405,30 +387,11 @@ class Trainer:
                             name, fold, path.name, moved.name)
 
     def _resolve_precision(self, train_it) -> str:
-        """"auto": the faster of fp32 and bf16 on this network, timed in child processes; a candidate
-        whose child crashes is dropped, fp32 when none survives (see training/precision.py)."""
-        p = self.settings.precision
-        if p != "auto":
-            return p
-        if self.device.type == "cuda":
-            from .precision import cuda_precision
+        """"auto": measured (CPU: the faster of fp32 and bf16 in child processes) or chosen (CUDA: bf16 where
+        supported, else fp16); see training/precision.py."""
+        from .precision import resolve_precision
 
-            choice, reason = cuda_precision(torch.cuda.is_bf16_supported())
-            log.info("%s", reason)
-            return choice
-        from ..hardware import cpu_has_bf16
-        from .isolation import note
-        from .precision import TrainerSteps, choose_precision, format_timings
-
-        if not cpu_has_bf16():
-            return "fp32"
-        # each candidate trains a few steps in its own child process: one that crashes (SIGSEGV) is dropped
-        timings = time_precisions(TrainerSteps(self, next(train_it)))
-        best = choose_precision(timings)
-        self.state.precision_probe = {k: round(v, 4) for k, v in timings.items() if isinstance(v, float)}
-        log.info("precision auto: %s → %s", format_timings(timings), best)
-        note("precision", best)  # for run_training_guarded, if this runs in its child
-        return best
+        return resolve_precision(self, train_it)
 
     @torch.inference_mode()
     def _validate(self, val_it) -> dict[str, Any]:
