@@ -29,6 +29,15 @@ from bench_common import (dice_from_summary, machine_info, parse_duration, requi
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _plan_seconds_per_iteration(cfg: dict) -> float | None:
+    """The plan's estimate of seconds per iteration on this machine (its compute Decision), if recorded."""
+    for d in cfg.get("decisions", []):
+        sec = (d.get("inputs") or {}).get("seconds_per_iteration")
+        if d.get("subject") == "compute" and sec:
+            return round(float(sec), 3)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budget", default="5m", help="training budget (default %(default)s)")
@@ -37,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="exit 1 below this mean foreground (region) Dice (default 0.9; regions 0.85)")
     ap.add_argument("--kind", choices=["demo", "regions", "ignore"], default="demo",
                     help="which synthetic dataset (default %(default)s)")
+    ap.add_argument("--iterations", type=int, default=None, metavar="N",
+                    help="train N iterations (epochs of 50) instead of the time budget: the same training however "
+                         "busy the machine is (say what N iterations cost alone: the plan's seconds per iteration)")
     args = ap.parse_args(argv)
     if args.min_dice is None:
         args.min_dice = 0.85 if args.kind == "regions" else 0.9
@@ -62,9 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     plan = run_monitored([exe, "plan", str(dataset), "--workdir", str(run), "--time-budget", args.budget,
                           "--no-progress"], args.out / "plan.log", label="autoseg plan")
     require_success(plan, "autoseg plan")
-    train = run_monitored([exe, "train", "--workdir", str(run), "-c", "3d_fullres", "--fold", "0",
-                           "--time-budget", args.budget, "--no-progress"], args.out / "train.log",
-                          label="autoseg train")
+    schedule = (["--time-budget", args.budget] if args.iterations is None else
+                ["--epochs", str(-(-args.iterations // 50)), "--iterations-per-epoch", "50", "--recipe", "short"])
+    train = run_monitored([exe, "train", "--workdir", str(run), "-c", "3d_fullres", "--fold", "0", *schedule,
+                           "--no-progress"], args.out / "train.log", label="autoseg train")
     require_success(train, "autoseg train")
     fold = run / "results" / "3d_fullres" / "fold_0"
     summary = json.loads((fold / "validation" / "summary.json").read_text())
@@ -83,8 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_per_iteration": round(sum(spi) / len(spi), 4) if spi else None,
         "patch_size": plans["patch_size"], "batch_size": plans["batch_size"],
         "features_per_stage": plans["network"]["features_per_stage"],
+        "iterations_requested": args.iterations,
+        "plan_seconds_per_iteration": _plan_seconds_per_iteration(plans),
+        "load_average": __import__("os").getloadavg(),
         "commands": [f"autoseg plan {dataset} --workdir {run} --time-budget {args.budget}",
-                     f"autoseg train --workdir {run} -c 3d_fullres --fold 0 --time-budget {args.budget}"],
+                     f"autoseg train --workdir {run} -c 3d_fullres --fold 0 {' '.join(schedule)}"],
     }
     write_json(args.out / "result.json", result)
     lines = [f"# Synthetic 3D benchmark, {args.kind} ({result['date']})", "",
@@ -92,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
              "| class (region: its labels) | Dice |", "| --- | --- |"]
     lines += [f"| {k} | {v:.4f} |" for k, v in per_class.items() if v is not None]
     lines += [f"| foreground mean | {mean:.4f} |", "",
+              (f"Schedule: {args.iterations} iterations (the plan estimates "
+               f"{result['plan_seconds_per_iteration']} s per iteration alone on this machine, so "
+               f"{args.iterations * (result['plan_seconds_per_iteration'] or 0) / 60:.1f} min of training), not "
+               f"the time budget. " if args.iterations else "")
+              + f"Load average at the end (1, 5, 15 min): {tuple(round(v, 1) for v in result['load_average'])}.",
               f"{result['iterations']} iterations ({result['epochs']} epochs), "
               f"{result['seconds_per_iteration']} s/iteration, training wall time {result['train_seconds']} s "
               f"(budget {budget_s:.0f} s), peak memory {result['train_peak_mb']} MB; "
