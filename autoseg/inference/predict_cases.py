@@ -30,8 +30,8 @@ from ..version import __version__
 from ..atomic import atomic_write_json
 from ..errors import AutosegError
 from ..schemas import CaseFiles, to_dict
-from ..store import RunStore, file_hash
 from .case_io import case_output_paths
+from .model_source import ModelSource, open_model_source
 from .partial import check_parts, info_name, model_signature, predicted_before
 from .predictor import PredictionResult, Predictor, PreparedCase
 
@@ -259,19 +259,21 @@ def _predict_jobs(predictor: Predictor, jobs: Sequence[tuple[CaseFiles, str]], o
     return seconds
 
 
-def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path], output_dir: str | Path, *,
+def predict_cases(workdir: str | Path | ModelSource, inputs: str | Path | Sequence[str | Path],
+                  output_dir: str | Path, *,
                   configurations: Sequence[str] | None = None, folds: Sequence[int | str] | None = None,
                   fast: bool = False, step_size: float | None = None, mirror: bool | None = None,
                   save_probabilities: bool = False, save_uncertainty: bool = False,
                   device: str | None = None, progress: bool = True, precision: str = "auto",
-                  checkpoint: str = "final", num_workers: int | None = None, num_parts: int = 1,
-                  part_id: int = 0, resume: bool = False) -> dict[str, Any]:
+                  checkpoint: str | None = None, num_workers: int | None = None, num_parts: int = 1,
+                  part_id: int = 0, resume: bool = False, backend: str = "torch") -> dict[str, Any]:
     """Predict every case of ``inputs`` into ``output_dir``; returns what prediction_info.json holds.
 
+    ``workdir``: the work folder, an exported model zip, or a ModelSource (:mod:`.model_source`).
     ``inputs``: a folder in imagesTs layout (channel count from the plans, file ending from the
     dataset manifest), a single image file, or a list of image files (one case each; for datasets
     with one file per case). ``configurations``/``folds``/``fast``/``step_size``/``mirror``/
-    ``device``/``precision``/``checkpoint``: see :class:`~autoseg.inference.predictor.Predictor`
+    ``device``/``precision``/``checkpoint``/``backend``: see :class:`~autoseg.inference.predictor.Predictor`
     (None: the selection's winner). ``num_workers``: threads working on cases at once, the
     networks' included (1: one case after the other; None: :func:`default_num_workers`).
     ``num_parts``/``part_id``: predict only this part of the cases, ``resume``: skip the cases this model
@@ -282,8 +284,8 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
     models in prediction_info.json); after every other case is written and prediction_info.json
     is saved, AutosegError lists the failed cases.
     """
-    store = RunStore(workdir)
-    manifest = store.manifest()
+    source = open_model_source(workdir)
+    file_ending = source.file_ending
     output_dir = Path(output_dir).resolve()
     jobs: list[tuple[CaseFiles, str]] = []
     failed: dict[str, str] = {}
@@ -292,21 +294,21 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
         if folder == output_dir:
             raise AutosegError(f"the output folder {output_dir} is the input folder; predictions would be "
                                f"mixed with the images; choose another output folder (-o)")
-        cases, failed = _group_folder(folder, manifest.file_ending)
-        jobs = [(c, manifest.file_ending) for c in cases]
+        cases, failed = _group_folder(folder, file_ending)
+        jobs = [(c, file_ending) for c in cases]
     else:
         files = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
         if not files:
             raise AutosegError("no input given; pass a folder of <case>_0000 images or image files")
-        if manifest.cases and len(manifest.cases[0].images) > 1:
-            raise AutosegError(f"this dataset has {len(manifest.cases[0].images)} channel files per case, so "
+        if source.files_per_case > 1:
+            raise AutosegError(f"this dataset has {source.files_per_case} channel files per case, so "
                                f"single files cannot be predicted; put the cases in a folder as "
-                               f"<case>_0000{manifest.file_ending}, <case>_0001{manifest.file_ending}, ... "
+                               f"<case>_0000{file_ending}, <case>_0001{file_ending}, ... "
                                f"and pass the folder (-i)")
         missing = [str(f) for f in files if not Path(f).exists()]
         if len(missing) == len(files):
             raise AutosegError(f"input {', '.join(missing[:5])} does not exist; pass a folder of "
-                               f"<case>_0000{manifest.file_ending} images or existing image files")
+                               f"<case>_0000{file_ending} images or existing image files")
         jobs = _single_files(files)
     check_parts(num_parts, part_id)
     if num_parts > 1:  # round-robin over the sorted case ids, failed groupings included
@@ -317,11 +319,15 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
     if num_workers is not None and num_workers < 1:
         raise AutosegError(f"--num-workers {num_workers}: expected 1 or more (1 predicts one case after the other)")
 
-    predictor = Predictor(workdir, configurations=configurations, folds=folds, device=device,
+    predictor = Predictor(source, configurations=configurations, folds=folds, device=device,
                           precision=precision, fast=fast, step_size=step_size, mirror=mirror,
-                          checkpoint=checkpoint)
+                          checkpoint=checkpoint, backend=backend)
+    record = source.record(selection_used=predictor.selection_winner is not None)
     model = {
-        "workdir": str(Path(workdir).resolve()),
+        "workdir": record["workdir"],
+        "model": record["model"],  # an exported model zip (autoseg predict --model), else None
+        "model_id": record["model_id"],  # the zip's content (hash of its manifest, which hashes every member)
+        "backend": predictor.backend,
         "configurations": list(predictor.configurations),
         "previous_stages": dict(predictor.previous_stages),
         "folds": list(predictor.folds),
@@ -330,9 +336,7 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
         "mirroring": predictor.mirror,
         "postprocessing": to_dict(predictor.postprocessing),
         "plans_hash": predictor.plans_hash,
-        # the selection.json it followed (content hash), so a later run can tell whether it still holds
-        "selection_hash": (file_hash(store.wd.selection_json) if predictor.selection_winner is not None
-                           and store.wd.selection_json.exists() else None),
+        "selection_hash": record["selection_hash"],
     }
     kept: list[str] = []
     if resume and output_dir.is_dir():
@@ -346,7 +350,7 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
                  len(jobs))
     output_dir.mkdir(parents=True, exist_ok=True)
     for case_id, message in failed.items():  # misnamed files, channel gaps: no older output may stay
-        _remove_outputs(output_dir / f"{case_id}{manifest.file_ending}")
+        _remove_outputs(output_dir / f"{case_id}{file_ending}")
         log.error("%s", message)
     workers = int(num_workers) if num_workers is not None else default_num_workers(jobs, predictor)
     log.info("predicting %d case(s) with %d thread(s)%s", len(jobs), workers,
