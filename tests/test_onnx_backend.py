@@ -18,7 +18,6 @@ from autoseg.model.sliding_window import predict_sliding_window
 from autoseg.store import load_plans
 from tests.synthetic import make_synthetic_dataset
 
-pytest.importorskip("onnxruntime")
 TRAIN = ["--epochs", "1", "--iterations-per-epoch", "2", "--validation-iterations", "1", "--precision", "fp32",
          "--num-workers", "0", "--no-progress"]
 
