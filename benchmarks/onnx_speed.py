@@ -1,0 +1,215 @@
+"""ONNX Runtime vs torch on the CPU: seconds per case and peak memory of `autoseg predict --model`.
+
+For each dataset (a folder and the configuration to time) the script plans it into a scratch folder,
+trains fold 0 for one epoch of a few iterations (the weights' quality does not change the speed), runs
+`find-best --folds 0`, exports the model with `--onnx`, links the first N training images into a
+folder of cases (imagesTr: the speed of a forward pass does not depend on whether a case was seen),
+then times `autoseg predict --model model.zip --backend torch` and `--backend onnxruntime` on them,
+alternating the backends for ``--repeats`` rounds. It also compares the two backends' segmentations
+(Dice and identical voxels).
+
+    .venv/bin/python benchmarks/onnx_speed.py \\
+        --dataset /work/shared/data/Dataset102_Hippocampus:3d_fullres \\
+        --dataset /work/shared/data/Dataset101_ISBI2012EM:2d \\
+        --scratch /work/bench/onnx_speed --cases 20 --out docs/benchmarks/onnx_speed.md
+
+Trainings run in fp32, so both backends compute in fp32 (a CPU with native bf16 would otherwise
+predict in bf16 with torch). Writes the table to --out and everything measured next to it as .json;
+the load average before and after says whether other jobs shared the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import bench_common as bc  # noqa: E402
+
+# a third backend for --openvino-python: autoseg's onnxruntime backend with the OpenVINO execution provider first
+# (a patch inside this benchmark only: autoseg itself always uses the CPU execution provider)
+OPENVINO = ("import sys\nimport autoseg.model.onnx_backend as ob\n"
+            "ob.OnnxTileNetwork.__init__.__kwdefaults__['providers'] = "
+            "('OpenVINOExecutionProvider', 'CPUExecutionProvider')\n"
+            "from autoseg.cli import main\nsys.exit(main(sys.argv[1:]))")
+TRAIN = ["--epochs", "1", "--iterations-per-epoch", "3", "--validation-iterations", "1", "--precision", "fp32",
+         "--no-progress"]
+BACKENDS = ("torch", "onnxruntime")
+
+
+def load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def _autoseg(*args: str) -> list[str]:
+    return [sys.executable, "-m", "autoseg", *args]
+
+
+def _env(scratch: Path) -> dict[str, str]:
+    # this checkout's autoseg; the CPU speed figure of planning kept in the scratch folder
+    return {**os.environ, "PYTHONPATH": str(HERE.parent), "AUTOSEG_CACHE_DIR": str(scratch / "cache")}
+
+
+def prepare(dataset: Path, configuration: str, scratch: Path, cases: int) -> tuple[Path, Path, dict[str, Any]]:
+    """(model.zip, folder of cases, seconds of each preparation step); steps already done are kept."""
+    run, model, inputs = scratch / "run", scratch / "model.zip", scratch / "cases"
+    env, steps = _env(scratch), {}
+    commands = [("plan", _autoseg("plan", str(dataset), "--workdir", str(run), "--device", "cpu", "--no-progress")),
+                ("train", _autoseg("train", "--workdir", str(run), "-c", configuration, "--fold", "0", *TRAIN)),
+                ("find-best", _autoseg("find-best", "--workdir", str(run), "-c", configuration, "--folds", "0",
+                                       "--no-progress")),
+                ("export", _autoseg("export", "--workdir", str(run), "-o", str(model), "--onnx", "--no-progress"))]
+    done = {"plan": (run / "plans.json").exists(), "train": (run / "results" / configuration / "fold_0" /
+                                                            "checkpoint_final.pt").exists(),
+            "find-best": (run / "results" / "selection.json").exists(), "export": model.exists()}
+    for name, cmd in commands:
+        if done[name]:
+            continue
+        stats = bc.run_monitored(cmd, scratch / "logs" / f"{name}.log", env=env, label=name)
+        bc.require_success(stats, f"autoseg {name} of {dataset.name}")
+        steps[name] = stats.seconds
+    inputs.mkdir(parents=True, exist_ok=True)
+    files = sorted((dataset / "imagesTr").iterdir())
+    ids = sorted({f.name.rsplit("_", 1)[0] for f in files})[:cases]
+    for f in files:
+        if f.name.rsplit("_", 1)[0] in ids and not (inputs / f.name).exists():
+            (inputs / f.name).symlink_to(f)
+    return model, inputs, steps
+
+
+def time_backend(model: Path, inputs: Path, out: Path, backend: str, scratch: Path, label: str,
+                 openvino_python: str | None = None) -> dict[str, Any]:
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    args = ["predict", "--model", str(model), "-i", str(inputs), "-o", str(out), "--no-progress"]
+    if backend == "openvino":
+        cmd = [str(openvino_python), "-c", OPENVINO, *args, "--backend", "onnxruntime"]
+    else:
+        cmd = _autoseg(*args, "--backend", backend)
+    stats = bc.run_monitored(cmd, scratch / "logs" / f"predict_{label}.log", env=_env(scratch), label=label)
+    bc.require_success(stats, f"autoseg predict --backend {backend}")
+    info = json.loads((out / "prediction_info.json").read_text())
+    per_case = list(info["seconds_per_case"].values())
+    return {"backend": backend, "wall_s": stats.seconds, "predict_s": info["total_seconds"],
+            "s_per_case": round(info["total_seconds"] / len(per_case), 3),
+            "median_case_s": round(float(np.median(per_case)), 3), "peak_rss_mb": stats.peak_rss_mb,
+            "peak_pss_mb": stats.peak_pss_mb, "cases": len(per_case), "precision": info["precision"],
+            "num_workers": info["num_workers"]}
+
+
+def compare(a: Path, b: Path, ending: str) -> dict[str, Any]:
+    from autoseg.data.image_io import read_label
+
+    dices, identical, differing = [], 0, 0
+    for p in sorted(a.glob(f"*{ending}")):
+        x, _ = read_label(p)
+        y, _ = read_label(b / p.name)
+        labels = sorted((set(np.unique(x).tolist()) | set(np.unique(y).tolist())) - {0})
+        d = [2 * np.sum((x == k) & (y == k)) / (np.sum(x == k) + np.sum(y == k)) for k in labels]
+        dices.append(float(np.mean(d)) if d else 1.0)
+        identical += int(np.array_equal(x, y))
+        differing += int(np.sum(x != y))
+    return {"cases": len(dices), "min_dice": round(min(dices), 6), "mean_dice": round(float(np.mean(dices)), 6),
+            "identical_cases": identical, "differing_voxels": differing}
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = ["# ONNX Runtime vs torch on the CPU (`autoseg predict --model`)", "",
+             f"Measured {result['date']} with `{result['command']}`.", "",
+             f"Machine: {result['machine']['cpu_model']}, {result['machine']['cpu_cores_usable']} usable cores, "
+             f"{result['machine']['ram_gb']} GB RAM; torch {result['versions']['torch']}, onnxruntime "
+             f"{result['versions']['onnxruntime']}. Load average (1, 5, 15 min) before: "
+             f"{result['load_before']}, after: {result['load_after']}"
+             + (" — other jobs were running on the machine, so absolute times are noisy; the two backends were "
+                "run alternately to share that noise." if max(result['load_before'][0], result['load_after'][0])
+                > 0.5 * result['machine']['cpu_cores_usable'] else "."), "",
+             "Each case: preprocessing, sliding window (step 0.5, Gaussian weights, every mirroring), export to "
+             "the original grid, postprocessing, writing. Both backends run fp32 on every usable core; the "
+             "cases are the first N of imagesTr (the weights' quality does not change the speed). s/case = "
+             "predict_cases' total seconds / cases (model loading excluded); wall = the whole command, process "
+             "start and model loading included; peak RSS of the process.", "",
+             "| dataset | configuration | backend | round | cases | s/case | median s/case | wall s | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for ds in result["datasets"]:
+        for r in ds["runs"]:
+            lines.append(f"| {ds['name']} | {ds['configuration']} | {r['backend']} | {r['round']} | {r['cases']} | "
+                         f"{r['s_per_case']:.3f} | {r['median_case_s']:.3f} | {r['wall_s']:.1f} | "
+                         f"{r['peak_rss_mb']:.0f} |")
+    lines += ["", "| dataset | backend vs torch | torch s/case (best) | its s/case (best) | speed-up | min Dice | "
+                  "identical cases | differing voxels |", "|---|---|---|---|---|---|---|---|"]
+    for ds in result["datasets"]:
+        best = {r["backend"]: min(q["s_per_case"] for q in ds["runs"] if q["backend"] == r["backend"])
+                for r in ds["runs"]}
+        for backend, c in ds["agreement_by_backend"].items():
+            lines.append(f"| {ds['name']} | {backend} | {best['torch']:.3f} | {best[backend]:.3f} | "
+                         f"{best['torch'] / best[backend]:.2f}x | {c['min_dice']:.6f} | "
+                         f"{c['identical_cases']}/{c['cases']} | {c['differing_voxels']} |")
+    lines += ["", f"OpenVINO execution provider: {result['openvino']}", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", action="append", required=True, metavar="FOLDER:CONFIGURATION")
+    ap.add_argument("--scratch", required=True, help="work folders, models and logs (never inside the repository)")
+    ap.add_argument("--cases", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=2, help="rounds of (torch, onnxruntime)")
+    ap.add_argument("--openvino-python", default=None, metavar="PYTHON",
+                    help="an interpreter with onnxruntime-openvino (and autoseg's other dependencies): also time the "
+                         "OpenVINO execution provider")
+    ap.add_argument("--openvino", default="not tried", help="what to report about the OpenVINO execution provider")
+    ap.add_argument("--out", required=True, help="the Markdown table; the JSON goes beside it")
+    args = ap.parse_args(argv)
+    scratch_root = Path(args.scratch).resolve()
+    if HERE.parent in scratch_root.parents or scratch_root == HERE.parent:
+        raise SystemExit(f"--scratch {scratch_root} is inside the repository; choose a folder outside it")
+    import onnxruntime
+    import torch
+
+    result: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                              "command": "python benchmarks/onnx_speed.py " + " ".join(argv or sys.argv[1:]),
+                              "machine": bc.machine_info(), "load_before": load_average(),
+                              "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+                              "openvino": args.openvino, "datasets": []}
+    for spec in args.dataset:
+        folder, _, configuration = spec.rpartition(":")
+        dataset = bc.check_dataset(folder)
+        scratch = scratch_root / dataset.name
+        print(f"== {dataset.name} ({configuration})", flush=True)
+        model, inputs, steps = prepare(dataset, configuration, scratch, args.cases)
+        runs = []
+        backends = [*BACKENDS, *(["openvino"] if args.openvino_python else [])]
+        for round_ in range(1, args.repeats + 1):
+            for backend in backends:
+                r = time_backend(model, inputs, scratch / f"out_{backend}", backend, scratch,
+                                 f"{backend}_{round_}", args.openvino_python)
+                runs.append({**r, "round": round_})
+                print(f"  {backend} round {round_}: {r['s_per_case']:.3f} s/case, wall {r['wall_s']:.1f} s, "
+                      f"peak {r['peak_rss_mb']:.0f} MB", flush=True)
+        ending = json.loads((dataset / "dataset.json").read_text())["file_ending"]
+        agreement = {b: compare(scratch / "out_torch", scratch / f"out_{b}", ending) for b in backends[1:]}
+        result["datasets"].append({"name": dataset.name, "configuration": configuration, "prepare_s": steps,
+                                   "runs": runs, "agreement": agreement["onnxruntime"],
+                                   "agreement_by_backend": agreement})
+    result["load_after"] = load_average()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(result), encoding="utf-8")
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
