@@ -188,6 +188,11 @@ def _hostile(kind: str, src: Path, dst: Path, marker: Path) -> tuple[Path, str]:
             for n, d in content.items():
                 z.writestr(n, d)
         return dst, "selection.json"
+    if kind == "file_ending":  # the ending names the outputs: '/../' in it would write outside OUT
+        with zipfile.ZipFile(src) as z:
+            dataset = json.loads(z.read("dataset.json"))
+        dataset["file_ending"] = "/../../evil.nii.gz"
+        return _rebuild(src, dst, members={"dataset.json": json.dumps(dataset).encode()}), "dataset.json"
     if kind == "format_version":
         return _rebuild(src, dst, manifest_edit=lambda m: m.update(format_version=2, autoseg_version="9.0")), \
             MANIFEST_JSON
@@ -195,7 +200,7 @@ def _hostile(kind: str, src: Path, dst: Path, marker: Path) -> tuple[Path, str]:
 
 
 HOSTILE = ["parent", "absolute", "symlink", "duplicate", "pickle_as_weights", "pickle_pt", "oversized", "lying_size",
-           "tampered", "format_version"]
+           "tampered", "file_ending", "format_version"]
 
 
 @pytest.mark.parametrize("kind", HOSTILE)
@@ -214,6 +219,11 @@ def test_hostile_zip_is_refused_with_one_line(exported, tmp_path, capsys, monkey
     lines = [line for line in err.splitlines() if line.startswith("autoseg: error:")]
     assert len(lines) == 1 and str(zip_path) in lines[0] and repr(member) in lines[0], err
     assert "Traceback" not in err
+    if kind == "file_ending":  # the ending names the outputs: '/../' in it would write outside OUT
+        with zipfile.ZipFile(src) as z:
+            dataset = json.loads(z.read("dataset.json"))
+        dataset["file_ending"] = "/../../evil.nii.gz"
+        return _rebuild(src, dst, members={"dataset.json": json.dumps(dataset).encode()}), "dataset.json"
     if kind == "format_version":
         assert "format version 2" in lines[0] and "9.0" in lines[0] and "export the model again" in lines[0]
     assert not marker.exists()

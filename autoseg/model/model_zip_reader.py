@@ -15,7 +15,7 @@ built (each failure is a :class:`ModelZipError`: one line naming the zip and the
 4. the JSON members parse into their schemas; weights load with safetensors, which holds tensors
    only and never unpickles (a pickle in place of weights is refused as not a safetensors file), and
    must fit the network of plans.json (names, shapes, finite values); ONNX members may not point to
-   external data files.
+   external data files; the dataset's file ending (which names the output files) must be a supported one.
 """
 from __future__ import annotations
 
@@ -115,7 +115,14 @@ class ModelZip:
             raise ModelZipError(self.path, name, f"cannot be read ({str(e).splitlines()[0]})") from None
 
     def _check_consistent(self) -> None:
-        m = self.manifest
+        from ..data.image_io import SUPPORTED_ENDINGS
+
+        m, d = self.manifest, self.dataset
+        # the file ending names the output files: anything but a known ending (e.g. '/../x') could write elsewhere
+        if d.file_ending not in SUPPORTED_ENDINGS or d.files_per_case < 1 or d.ndim not in (2, 3):
+            raise ModelZipError(self.path, DATASET_JSON, f"has file ending {d.file_ending!r}, {d.files_per_case} "
+                                                         f"file(s) per case and ndim {d.ndim}; expected one of "
+                                                         f"{', '.join(SUPPORTED_ENDINGS)}, at least 1 and 2 or 3")
         if self.selection.plans_hash != plans_hash(self.plans):
             raise ModelZipError(self.path, SELECTION_JSON, "was made for other plans than the zip's plans.json")
         for name in m.stages:

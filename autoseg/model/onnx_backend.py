@@ -79,6 +79,9 @@ class OnnxTileNetwork:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: a warning per unused initializer is noise
+        # idle threads sleep instead of spinning, as autoseg asks of torch's OpenMP threads (OMP_WAIT_POLICY=PASSIVE,
+        # cli.share_the_cpu_politely): spinning threads of two processes on few cores slow both down many times
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(model, sess_options=options, providers=list(providers))
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
