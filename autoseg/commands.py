@@ -242,10 +242,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--model", metavar="MODEL_ZIP",
                         help="a model exported with `autoseg export` (read in memory, checked before use: unsafe "
                              "or damaged zips are refused)")
-    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
-                   help="what runs the networks: torch (default; CPU or CUDA) or onnxruntime (CPU, fp32; the model "
-                        "zip's ONNX networks, else the torch networks exported to ONNX in memory); the same sliding "
-                        "window, pre- and postprocessing either way")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
+                   help="what runs the networks: torch (CPU or CUDA) or onnxruntime (CPU, fp32; the model zip's ONNX "
+                        "networks, else the torch networks exported to ONNX in memory); default auto: onnxruntime for "
+                        "networks that run on the CPU in fp32 when onnx and onnxruntime are installed (faster, "
+                        "docs/benchmarks/onnx_speed.md), else torch. The same sliding window, pre- and postprocessing "
+                        "either way")
     p.add_argument("-i", "--input", required=True, nargs="+", help="folder of <case>_<cccc><ext> files, or files")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("-c", "--configurations", nargs="+", default=None, metavar="CONFIG",

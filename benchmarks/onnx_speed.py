@@ -108,6 +108,67 @@ def time_backend(model: Path, inputs: Path, out: Path, backend: str, scratch: Pa
             "num_workers": info["num_workers"]}
 
 
+NETWORK = r'''
+import json, sys, time
+import numpy as np, torch
+from autoseg.hardware import usable_cpu_cores
+from autoseg.model.model_zip_reader import open_model_zip
+from autoseg.model.network import build_network
+from autoseg.model.onnx_backend import OnnxTileNetwork
+path, name, backend, batch, calls = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+mz = open_model_zip(path)
+cfg, fold = mz.plans.configuration(name), mz.manifest.folds[0]
+if backend == "torch":
+    net = build_network(cfg.network)
+    net.load_state_dict(mz.weights(name, fold, net))
+    net.set_deep_supervision(False)
+    net.eval()
+else:
+    net = OnnxTileNetwork(mz.onnx(name, fold), threads=usable_cpu_cores())
+tiles = torch.randn(batch, cfg.network.in_channels, *cfg.patch_size, generator=torch.Generator().manual_seed(0))
+seconds = []
+with torch.inference_mode():
+    logits = net(tiles)  # warm-up
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        net(tiles)
+        seconds.append(time.perf_counter() - t0)
+np.save(sys.argv[6], logits.numpy())
+print(json.dumps({"median_s": float(np.median(seconds))}))
+'''
+
+
+def time_networks(model: Path, scratch: Path, rounds: int, calls: int = 5) -> dict[str, Any]:
+    """The networks alone: fold 0 of each configuration on a batch of 1 and of 4 patch-size tiles (the sliding
+    window's batch), each backend in its own process as `autoseg` runs it (OMP_WAIT_POLICY=PASSIVE), torch and
+    ONNX Runtime processes alternating for ``rounds`` rounds; per round the median of ``calls`` timed calls
+    after a warm-up. Reports the median over the rounds and the largest logit difference."""
+    import subprocess
+
+    from autoseg.model.model_zip_reader import open_model_zip
+
+    mz = open_model_zip(model)
+    env = {**_env(scratch), "OMP_WAIT_POLICY": "PASSIVE"}
+    out: dict[str, Any] = {}
+    for name in mz.manifest.stages:
+        cfg = mz.plans.configuration(name)
+        for batch in (1, 4):
+            seconds: dict[str, list[float]] = {b: [] for b in BACKENDS}
+            for _ in range(rounds):
+                for backend in BACKENDS:
+                    done = subprocess.run([sys.executable, "-c", NETWORK, str(model), name, backend, str(batch),
+                                           str(calls), str(scratch / f"logits_{backend}.npy")], env=env,
+                                          capture_output=True, text=True, check=True)
+                    seconds[backend].append(json.loads(done.stdout.strip().splitlines()[-1])["median_s"])
+            diff = float(np.abs(np.load(scratch / "logits_torch.npy") - np.load(scratch / "logits_onnxruntime.npy")).max())
+            out[f"{name} batch {batch}"] = {
+                "batch": [batch, cfg.network.in_channels, *cfg.patch_size], "rounds": rounds, "calls": calls,
+                "median_s": {b: round(float(np.median(v)), 4) for b, v in seconds.items()},
+                "per_round_s": {b: [round(x, 4) for x in v] for b, v in seconds.items()},
+                "max_abs_logit_difference": diff}
+    return out
+
+
 def compare(a: Path, b: Path, ending: str) -> dict[str, Any]:
     from autoseg.data.image_io import read_label
 
@@ -139,6 +200,9 @@ def render(result: dict[str, Any]) -> str:
              "cases are the first N of imagesTr (the weights' quality does not change the speed). s/case = "
              "predict_cases' total seconds / cases (model loading excluded); wall = the whole command, process "
              "start and model loading included; peak RSS of the process.", "",
+             *([f"The networks alone were measured {result['networks_measured']}, load average before "
+                f"{result['networks_load_before']}, after {result['networks_load_after']}.", ""]
+               if "networks_measured" in result else []),
              "| dataset | configuration | backend | round | cases | s/case | median s/case | wall s | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|"]
     for ds in result["datasets"]:
@@ -155,6 +219,17 @@ def render(result: dict[str, Any]) -> str:
             lines.append(f"| {ds['name']} | {backend} | {best['torch']:.3f} | {best[backend]:.3f} | "
                          f"{best['torch'] / best[backend]:.2f}x | {c['min_dice']:.6f} | "
                          f"{c['identical_cases']}/{c['cases']} | {c['differing_voxels']} |")
+    lines += ["", "The networks alone (fold 0; a batch of 1 and of 4 patch-size tiles; each backend in its own "
+                  "process with OMP_WAIT_POLICY=PASSIVE as `autoseg` sets it, torch and ONNX Runtime processes "
+                  "alternating; median seconds per call over the rounds):", "",
+              "| dataset | network | batch | torch s | onnxruntime s | speed-up | max logit difference |",
+              "|---|---|---|---|---|---|---|"]
+    for ds in result["datasets"]:
+        for name, n in (ds.get("networks") or {}).items():
+            lines.append(f"| {ds['name']} | {name} | {'x'.join(map(str, n['batch']))} | {n['median_s']['torch']:.4f} | "
+                         f"{n['median_s']['onnxruntime']:.4f} | "
+                         f"{n['median_s']['torch'] / n['median_s']['onnxruntime']:.2f}x | "
+                         f"{n['max_abs_logit_difference']:.1e} |")
     lines += ["", f"OpenVINO execution provider: {result['openvino']}", ""]
     return "\n".join(lines)
 
@@ -169,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="an interpreter with onnxruntime-openvino (and autoseg's other dependencies): also time the "
                          "OpenVINO execution provider")
     ap.add_argument("--openvino", default="not tried", help="what to report about the OpenVINO execution provider")
+    ap.add_argument("--network-rounds", type=int, default=3,
+                    help="alternating processes per backend when timing the networks alone")
+    ap.add_argument("--reuse-predict", action="store_true",
+                    help="keep the predict timings of the JSON beside --out and measure only the networks alone")
     ap.add_argument("--out", required=True, help="the Markdown table; the JSON goes beside it")
     args = ap.parse_args(argv)
     scratch_root = Path(args.scratch).resolve()
@@ -182,12 +261,22 @@ def main(argv: list[str] | None = None) -> int:
                               "machine": bc.machine_info(), "load_before": load_average(),
                               "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
                               "openvino": args.openvino, "datasets": []}
+    previous = {}
+    if args.reuse_predict:
+        before = json.loads(Path(args.out).with_suffix(".json").read_text())
+        previous = {d["name"]: d for d in before["datasets"]}
+        result.update({k: before[k] for k in ("date", "command", "load_before", "openvino")})
+        result["networks_measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        result["networks_load_before"] = load_average()
     for spec in args.dataset:
         folder, _, configuration = spec.rpartition(":")
         dataset = bc.check_dataset(folder)
         scratch = scratch_root / dataset.name
         print(f"== {dataset.name} ({configuration})", flush=True)
         model, inputs, steps = prepare(dataset, configuration, scratch, args.cases)
+        if dataset.name in previous:
+            result["datasets"].append({**previous[dataset.name], "networks": time_networks(model, scratch, args.network_rounds)})
+            continue
         runs = []
         backends = [*BACKENDS, *(["openvino"] if args.openvino_python else [])]
         for round_ in range(1, args.repeats + 1):
@@ -201,8 +290,13 @@ def main(argv: list[str] | None = None) -> int:
         agreement = {b: compare(scratch / "out_torch", scratch / f"out_{b}", ending) for b in backends[1:]}
         result["datasets"].append({"name": dataset.name, "configuration": configuration, "prepare_s": steps,
                                    "runs": runs, "agreement": agreement["onnxruntime"],
-                                   "agreement_by_backend": agreement})
-    result["load_after"] = load_average()
+                                   "agreement_by_backend": agreement,
+                                   "networks": time_networks(model, scratch, args.network_rounds)})
+    if args.reuse_predict:
+        result["load_after"] = before["load_after"]
+        result["networks_load_after"] = load_average()
+    else:
+        result["load_after"] = load_average()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(result), encoding="utf-8")

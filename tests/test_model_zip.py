@@ -74,7 +74,8 @@ def test_round_trip_predicts_the_same_bytes_without_the_work_folder(exported, tm
     info, ref_info = (json.loads((d / "prediction_info.json").read_text()) for d in (out, ref))
     assert info["workdir"] is None and info["model"] == str(exported["model"]) and info["model_id"]
     assert info["postprocessing"] == ref_info["postprocessing"] and info["folds"] == ref_info["folds"] == [0]
-    assert info["backend"] == "torch" and info["checkpoint"] == "final"
+    assert info["backend"] == ref_info["backend"] == "onnxruntime"  # auto: fp32 on the CPU
+    assert info["checkpoint"] == "final"
 
 
 def test_the_zip_holds_no_case_id_and_no_local_path(exported):

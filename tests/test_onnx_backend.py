@@ -86,6 +86,10 @@ def test_3d_onnx_export_and_onnxruntime_predict_like_torch(tmp_path):
                  "onnxruntime", "--no-progress"]) == 0
     for p in (tmp_path / "preds" / "onnxruntime").glob("*.nii.gz"):
         assert np.array_equal(read_label(p)[0], read_label(wd_out / p.name)[0])
+    # auto (the default): ONNX Runtime for fp32 networks on the CPU, torch for bf16 (and on CUDA)
+    assert Predictor(model, device="cpu").backends == {"3d_fullres": "onnxruntime"}
+    assert Predictor(model, device="cpu", precision="bf16").backends == {"3d_fullres": "torch"}
+    assert Predictor(model, device="cpu", backend="torch").backend_used == "torch"
     with pytest.raises(AutosegError, match="CPU only"):
         Predictor(model, backend="onnxruntime", device="cuda")
     with pytest.raises(AutosegError, match="fp32 only"):

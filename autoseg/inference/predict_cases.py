@@ -266,7 +266,7 @@ def predict_cases(workdir: str | Path | ModelSource, inputs: str | Path | Sequen
                   save_probabilities: bool = False, save_uncertainty: bool = False,
                   device: str | None = None, progress: bool = True, precision: str = "auto",
                   checkpoint: str | None = None, num_workers: int | None = None, num_parts: int = 1,
-                  part_id: int = 0, resume: bool = False, backend: str = "torch") -> dict[str, Any]:
+                  part_id: int = 0, resume: bool = False, backend: str = "auto") -> dict[str, Any]:
     """Predict every case of ``inputs`` into ``output_dir``; returns what prediction_info.json holds.
 
     ``workdir``: the work folder, an exported model zip, or a ModelSource (:mod:`.model_source`).
@@ -327,7 +327,7 @@ def predict_cases(workdir: str | Path | ModelSource, inputs: str | Path | Sequen
         "workdir": record["workdir"],
         "model": record["model"],  # an exported model zip (autoseg predict --model), else None
         "model_id": record["model_id"],  # the zip's content (hash of its manifest, which hashes every member)
-        "backend": predictor.backend,
+        "backend": predictor.backend_used,
         "configurations": list(predictor.configurations),
         "previous_stages": dict(predictor.previous_stages),
         "folds": list(predictor.folds),

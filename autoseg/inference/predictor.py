@@ -38,7 +38,7 @@ from ..preprocessing.preprocess import image_geometry
 from .case_io import case_id_and_files, read_case_image, write_case_outputs
 from .checks import check_dimensionality, check_image_array, check_spacing, resolve_precision
 from ..model.export import logits_to_original_probabilities, probabilities_to_segmentation
-from ..model.onnx_backend import BACKENDS
+from ..model.onnx_backend import BACKENDS, onnx_backend_available
 from ..model.sliding_window import TileNetwork, predict_sliding_window
 from .model_source import ModelSource, open_model_source
 from .uncertainty import MemberStore
@@ -98,8 +98,10 @@ class Predictor:
         mirror: mirror test-time augmentation (None: on unless fast).
         checkpoint: "final", "best" or "latest" (None: final; for a model zip, the weights it holds).
         postprocessing: apply the selection's postprocessing when the selection's winner is used.
-        backend: "torch", or "onnxruntime" (CPU, fp32: the zip's ONNX networks, or the torch networks
-            exported to ONNX in memory); the sliding window, pre- and postprocessing are the same.
+        backend: "torch", "onnxruntime" (CPU, fp32: the zip's ONNX networks, or the torch networks
+            exported to ONNX in memory), or "auto": onnxruntime for a configuration that runs on the CPU
+            in fp32 when onnx and onnxruntime are installed (faster: docs/benchmarks/onnx_speed.md),
+            else torch. The sliding window, pre- and postprocessing are the same either way.
 
     Missing checkpoints stop the constructor with AutosegError naming the ``autoseg train``
     commands; folds whose ``train_settings.json`` records another plan than plans.json now holds
@@ -110,7 +112,7 @@ class Predictor:
                  folds: Sequence[int | str] | None = None, device: str | torch.device | None = None,
                  precision: str = "auto", fast: bool = False, step_size: float | None = None,
                  mirror: bool | None = None, checkpoint: str | None = None, postprocessing: bool = True,
-                 backend: str = "torch"):
+                 backend: str = "auto"):
         self.source = open_model_source(workdir)
         self.plans = self.source.plans
         self.plans_hash = plans_hash(self.plans)
@@ -177,10 +179,12 @@ class Predictor:
         self.source.check_networks(self.stages, self.folds, self.checkpoint, self._describe)
         self.networks: dict[str, list[TileNetwork]] = {}
         self.precisions: dict[str, str] = {}
+        self.backends: dict[str, str] = {}  # configuration -> "torch" or "onnxruntime"
         for cfg in stage_plans:
             self._load(cfg, precision)
         log.info("predictor: %s, folds %s, %s checkpoints on %s (%s, %s), step %.2f, mirroring %s%s%s",
-                 "+".join(self.configurations), self.folds, self.checkpoint, self.device, self.backend,
+                 "+".join(self.configurations), self.folds, self.checkpoint, self.device,
+                 ", ".join(f"{c} {b}" for c, b in self.backends.items()),
                  ", ".join(f"{c} {p}" for c, p in self.precisions.items()), self.step_size,
                  "on" if self.mirror else "off",
                  "".join(f", {c} predicted first as the input of {n}" for n, c in self.previous_stages.items()),
@@ -193,29 +197,40 @@ class Predictor:
         return f"{configuration} fold {fold}{extra}"
 
     def _load(self, cfg: ConfigurationPlan, precision: str) -> None:
+        """Load the folds of ``cfg`` (weights verified by the source), resolve the precision, then run them in
+        torch or, with backend onnxruntime (or auto on the CPU in fp32, when installed), in ONNX Runtime."""
         from ..model.network import build_network
 
-        nets: list[TileNetwork] = []
-        recorded = []
+        nets, recorded = [], []
         for fold in self.folds:
-            onnx = self.source.onnx(cfg.name, fold) if self.backend == "onnxruntime" else None
-            if onnx is None:
-                net = build_network(cfg.network)
-                recorded.append(self.source.load_weights(cfg, fold, self.checkpoint, net))
-                if hasattr(net, "set_deep_supervision"):
-                    net.set_deep_supervision(False)
-                net = net.eval()
-            if self.backend == "onnxruntime":
-                from ..hardware import usable_cpu_cores
-                from ..model.onnx_backend import OnnxTileNetwork, export_onnx
-
-                if onnx is None:  # a work folder, or a zip exported without --onnx: the same network, as ONNX
-                    onnx = export_onnx(net, cfg)
-                nets.append(OnnxTileNetwork(onnx, threads=usable_cpu_cores(), name=f"{cfg.name} fold {fold}"))
-            else:
-                nets.append(net.to(self.device))
-        self.networks[cfg.name] = nets
+            net = build_network(cfg.network)
+            recorded.append(self.source.load_weights(cfg, fold, self.checkpoint, net))
+            if hasattr(net, "set_deep_supervision"):
+                net.set_deep_supervision(False)
+            nets.append(net.eval())
         self.precisions[cfg.name] = resolve_precision(precision, self.device, recorded)
+        use_onnx = self.backend == "onnxruntime" or (
+            self.backend == "auto" and self.device.type == "cpu" and self.precisions[cfg.name] == "fp32"
+            and onnx_backend_available())
+        self.backends[cfg.name] = "onnxruntime" if use_onnx else "torch"
+        if not use_onnx:
+            self.networks[cfg.name] = [net.to(self.device) for net in nets]
+            return
+        from ..hardware import usable_cpu_cores
+        from ..model.onnx_backend import OnnxTileNetwork, export_onnx
+
+        sessions: list[TileNetwork] = []
+        for fold, net in zip(self.folds, nets):
+            # the zip's ONNX network; from a work folder (or a zip without --onnx) the same network exported now
+            onnx = self.source.onnx(cfg.name, fold) or export_onnx(net, cfg)
+            sessions.append(OnnxTileNetwork(onnx, threads=usable_cpu_cores(), name=f"{cfg.name} fold {fold}"))
+        self.networks[cfg.name] = sessions
+
+    @property
+    def backend_used(self) -> str | dict[str, str]:
+        """What ran the networks: "torch" or "onnxruntime", or per configuration when they differ."""
+        used = set(self.backends.values())
+        return used.pop() if len(used) == 1 else dict(self.backends)
 
     # ------------------------------------------------------------------ reading and preprocessing
     @property

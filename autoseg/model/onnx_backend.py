@@ -27,7 +27,14 @@ from .model_zip import ONNX_INPUT, ONNX_OUTPUT
 log = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime")
+
+
+def onnx_backend_available() -> bool:
+    """onnx (to export a network) and onnxruntime (to run it) can be imported (``pip install 'autoseg[export]'``)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 
 
 def _missing(package: str, extra: str = "export") -> AutosegError:

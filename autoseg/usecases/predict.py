@@ -35,12 +35,12 @@ def predict(workdir: str | Path | None, inputs: str | Path | Sequence[str | Path
             save_probabilities: bool = False, save_uncertainty: bool = False, device: str | None = None,
             progress: bool = True, num_workers: int | None = None, checkpoint: str | None = None,
             num_parts: int = 1, part_id: int = 0, resume: bool = False, model: str | Path | None = None,
-            backend: str = "torch") -> PredictResult:
+            backend: str = "auto") -> PredictResult:
     """Predict every case of ``inputs`` into ``output_dir`` (see :func:`autoseg.inference.predict_cases.predict_cases`;
     ``checkpoint``: final or best (None: final, or what the model zip holds); ``num_parts``/``part_id``/``resume``:
     :mod:`autoseg.inference.partial`). Exactly one of ``workdir`` and ``model`` (an exported model zip, read
-    without unpacking and refused when unsafe: :mod:`autoseg.model.model_zip_reader`); ``backend``: torch or
-    onnxruntime."""
+    without unpacking and refused when unsafe: :mod:`autoseg.model.model_zip_reader`); ``backend``: auto (onnxruntime
+    on the CPU in fp32 when installed, else torch), torch or onnxruntime."""
     from ..inference.model_source import WorkdirSource, ZipSource
     from ..inference.partial import check_parts, info_name
     from ..inference.predict_cases import predict_cases
