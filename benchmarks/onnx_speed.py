@@ -191,10 +191,11 @@ def render(result: dict[str, Any]) -> str:
              f"Machine: {result['machine']['cpu_model']}, {result['machine']['cpu_cores_usable']} usable cores, "
              f"{result['machine']['ram_gb']} GB RAM; torch {result['versions']['torch']}, onnxruntime "
              f"{result['versions']['onnxruntime']}. Load average (1, 5, 15 min) before: "
-             f"{result['load_before']}, after: {result['load_after']}"
-             + (" — other jobs were running on the machine, so absolute times are noisy; the two backends were "
-                "run alternately to share that noise." if max(result['load_before'][0], result['load_after'][0])
-                > 0.5 * result['machine']['cpu_cores_usable'] else "."), "",
+             f"{result['load_before']}, after: {result['load_after']} (the figure after includes this benchmark's "
+             f"own processes, about one per busy core)"
+             + (" — other jobs were running on the machine when it started, so absolute times are noisy; the "
+                "backends were run alternately to share that noise." if result['load_before'][0]
+                > 0.5 * result['machine']['cpu_cores_usable'] else "; the backends were run alternately."), "",
              "Each case: preprocessing, sliding window (step 0.5, Gaussian weights, every mirroring), export to "
              "the original grid, postprocessing, writing. Both backends run fp32 on every usable core; the "
              "cases are the first N of imagesTr (the weights' quality does not change the speed). s/case = "
@@ -230,7 +231,12 @@ def render(result: dict[str, Any]) -> str:
                          f"{n['median_s']['onnxruntime']:.4f} | "
                          f"{n['median_s']['torch'] / n['median_s']['onnxruntime']:.2f}x | "
                          f"{n['max_abs_logit_difference']:.1e} |")
-    lines += ["", f"OpenVINO execution provider: {result['openvino']}", ""]
+    lines += ["", f"OpenVINO execution provider: {result['openvino']}", "",
+              "What autoseg does with this: `autoseg predict --backend auto` (the default) runs networks that run on "
+              "the CPU in fp32 in ONNX Runtime (CPUExecutionProvider) when onnx and onnxruntime are installed, since "
+              "it was faster per case on both datasets with segmentations equal to torch's up to a few voxels at "
+              "near-ties; `--backend torch` gives torch's exactly (docs/prediction.md §12). The OpenVINO execution "
+              "provider is not used by autoseg (not a dependency; it replaces the onnxruntime package).", ""]
     return "\n".join(lines)
 
 
@@ -248,8 +254,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="alternating processes per backend when timing the networks alone")
     ap.add_argument("--reuse-predict", action="store_true",
                     help="keep the predict timings of the JSON beside --out and measure only the networks alone")
+    ap.add_argument("--render-only", action="store_true", help="write the Markdown again from the JSON beside --out")
     ap.add_argument("--out", required=True, help="the Markdown table; the JSON goes beside it")
     args = ap.parse_args(argv)
+    if args.render_only:
+        Path(args.out).write_text(render(json.loads(Path(args.out).with_suffix(".json").read_text())), encoding="utf-8")
+        return 0
     scratch_root = Path(args.scratch).resolve()
     if HERE.parent in scratch_root.parents or scratch_root == HERE.parent:
         raise SystemExit(f"--scratch {scratch_root} is inside the repository; choose a folder outside it")
