@@ -220,11 +220,6 @@ def test_hostile_zip_is_refused_with_one_line(exported, tmp_path, capsys, monkey
     lines = [line for line in err.splitlines() if line.startswith("autoseg: error:")]
     assert len(lines) == 1 and str(zip_path) in lines[0] and repr(member) in lines[0], err
     assert "Traceback" not in err
-    if kind == "file_ending":  # the ending names the outputs: '/../' in it would write outside OUT
-        with zipfile.ZipFile(src) as z:
-            dataset = json.loads(z.read("dataset.json"))
-        dataset["file_ending"] = "/../../evil.nii.gz"
-        return _rebuild(src, dst, members={"dataset.json": json.dumps(dataset).encode()}), "dataset.json"
     if kind == "format_version":
         assert "format version 2" in lines[0] and "9.0" in lines[0] and "export the model again" in lines[0]
     assert not marker.exists()
