@@ -240,8 +240,19 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                        description="Segments every case in INPUT (a folder in imagesTs layout and/or of DICOM "
                                    "series folders, one DICOM series folder, or files) and writes each with its "
                                    "input's geometry and format (NIfTI for DICOM series). Without -c it uses "
-                                   "results/selection.json (running find-best first when it is missing).")
-    p.add_argument("--workdir", required=True, help="work folder with trained folds")
+                                   "results/selection.json (running find-best first when it is missing), or the "
+                                   "selection inside a model exported with `autoseg export` (--model).")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", help="work folder with trained folds")
+    source.add_argument("--model", metavar="MODEL_ZIP",
+                        help="a model exported with `autoseg export` (read in memory, checked before use: unsafe "
+                             "or damaged zips are refused)")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
+                   help="what runs the networks: torch (CPU or CUDA) or onnxruntime (CPU, fp32; the model zip's ONNX "
+                        "networks, else the torch networks exported to ONNX in memory); default auto: onnxruntime for "
+                        "networks that run on the CPU in fp32 when onnx and onnxruntime are installed (faster, "
+                        "docs/benchmarks/onnx_speed.md), else torch. The same sliding window, pre- and postprocessing "
+                        "either way")
     p.add_argument("-i", "--input", required=True, nargs="+",
                    help="folder of <case>_<cccc><ext> files and/or of case folders holding one DICOM series each "
                         "(or channel folders 0000/, 0001/, ...); one DICOM series folder; or files / case folders")
@@ -265,8 +276,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-uncertainty", action="store_true",
                    help="also write a per-voxel map of disagreement between the ensemble members")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
-    p.add_argument("--checkpoint", choices=["final", "best"], default="final",
-                   help="the networks' weights: final (end of training, default) or best (best EMA pseudo-Dice)")
+    p.add_argument("--checkpoint", choices=["final", "best"], default=None,
+                   help="the networks' weights: final (end of training, default) or best (best EMA pseudo-Dice); "
+                        "a model zip holds the kind it was exported with")
     p.add_argument("--continue", dest="resume", action="store_true",
                    help="skip cases whose segmentation in OUTPUT was written by this same model (checked in its "
                         "prediction_info*.json, not by file name)")
@@ -293,7 +305,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .usecases.predict import predict
 
     folds = None if args.folds is None else [f if f == "all" else int(f) for f in args.folds]
-    result = predict(args.workdir, args.input, args.output, configurations=args.configurations, folds=folds,
+    result = predict(args.workdir, args.input, args.output, model=args.model, backend=args.backend,
+                     configurations=args.configurations, folds=folds,
                      fast=args.fast, step_size=args.step_size, mirror=False if args.no_mirroring else None,
                      save_probabilities=args.save_probabilities, save_uncertainty=args.save_uncertainty,
                      device=args.device, progress=not args.no_progress, num_workers=args.num_workers,
@@ -303,6 +316,40 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(result.find_best.ranking)
     print(f"predicted {len(result.predicted_cases)} case(s) into {args.output} with "
           f"{', '.join(result.configurations)} (folds {result.folds}); details in {result.info_path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- export
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write the selected model as one zip that predicts anywhere (--model)",
+                       description="Writes exactly what prediction needs into one zip: the selected configurations "
+                                   "(and their previous stages) from plans.json, selection.json (winner, folds, "
+                                   "postprocessing), the dataset's labels, channels and file ending, and each fold's "
+                                   "weights as safetensors (tensors only); with --onnx also each network as ONNX. "
+                                   "No case ids, no images, no local paths. Predict with `autoseg predict --model "
+                                   "ZIP -i IN -o OUT`. Runs find-best first when there is no selection.")
+    p.add_argument("--workdir", required=True, help="work folder with trained folds")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL_ZIP", help="the zip to write, e.g. model.zip")
+    p.add_argument("--checkpoint", choices=["final", "best"], default="final",
+                   help="the weights to export: final (end of training, default) or best (best EMA pseudo-Dice)")
+    p.add_argument("--onnx", action="store_true",
+                   help="also write each network as ONNX (opset 17, dynamic batch and spatial axes), for "
+                        "`autoseg predict --backend onnxruntime` and for other runtimes")
+    _common(p)
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .usecases.export import export_model
+
+    result = export_model(args.workdir, args.output, checkpoint=args.checkpoint, onnx=args.onnx,
+                          progress=not args.no_progress, num_workers=args.num_workers)
+    if result.find_best is not None:
+        print(result.find_best.ranking)
+    print(f"exported {'+'.join(result.configurations)} (folds {', '.join(result.folds)}, {result.checkpoint} "
+          f"weights{', with ONNX' if result.onnx else ''}) to {result.output} ({result.total_bytes / 1e6:.1f} MB); "
+          f"predict with `autoseg predict --model {args.output} -i IN -o OUT`")
     return 0
 
 
@@ -464,5 +511,5 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_train, _add_find_best, _add_predict,
-                                                                _add_evaluate, _add_run, _add_demo,
+                                                                _add_export, _add_evaluate, _add_run, _add_demo,
                                                                 _add_report]

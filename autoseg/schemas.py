@@ -314,6 +314,11 @@ class DatasetManifest:
         return len(self.channel_names)
 
     @property
+    def files_per_case(self) -> int:
+        """Image files per case: one per channel, or 1 (one RGB file holds three channels)."""
+        return len(self.cases[0].images) if self.cases else self.num_channels
+
+    @property
     def foreground_labels(self) -> list[int]:
         return sorted(v for v in self.labels.values() if v != 0)
 

@@ -25,7 +25,17 @@ from typing import Sequence
 
 from ..data.dicom_io import dicom_case_channels, holds_dicom_files, is_dicom_case
 from ..errors import AutosegError
-from ..schemas import CaseFiles, DatasetManifest
+from ..schemas import CaseFiles
+
+
+@dataclass(frozen=True)
+class InputLayout:
+    """What finding cases needs to know of a model's images (a DatasetManifest has the same attributes)."""
+
+    file_ending: str
+    num_channels: int
+    files_per_case: int
+
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +136,7 @@ def _is_one_multichannel_case(folder: Path, num_channels: int) -> bool:
             and all(holds_dicom_files(folder / s) for s in subs))
 
 
-def _folder(folder: Path, manifest: DatasetManifest, output_dir: Path) -> CaseInputs:
+def _folder(folder: Path, manifest: InputLayout, output_dir: Path) -> CaseInputs:
     out = CaseInputs()
     if holds_dicom_files(folder):  # the folder is one series: one case
         _add_dicom_case(folder, out)
@@ -151,14 +161,14 @@ def _folder(folder: Path, manifest: DatasetManifest, output_dir: Path) -> CaseIn
     return out
 
 
-def _paths(paths: Sequence[str | Path], manifest: DatasetManifest) -> CaseInputs:
+def _paths(paths: Sequence[str | Path], manifest: InputLayout) -> CaseInputs:
     """One case per file (a trailing ``_0000`` is not part of the id) or per DICOM case folder."""
     from ..data.image_io import ending_of
 
     out, seen = CaseInputs(), {}
     files = [Path(p) for p in paths if not Path(p).is_dir()]
-    if files and manifest.cases and len(manifest.cases[0].images) > 1:
-        raise AutosegError(f"this dataset has {len(manifest.cases[0].images)} channel files per case, so "
+    if files and manifest.files_per_case > 1:
+        raise AutosegError(f"this dataset has {manifest.files_per_case} channel files per case, so "
                            f"single files cannot be predicted; put the cases in a folder as "
                            f"<case>_0000{manifest.file_ending}, <case>_0001{manifest.file_ending}, ... "
                            f"and pass the folder (-i)")
@@ -187,9 +197,11 @@ def _paths(paths: Sequence[str | Path], manifest: DatasetManifest) -> CaseInputs
     return out
 
 
-def find_cases(inputs: str | Path | Sequence[str | Path], manifest: DatasetManifest, output_dir: Path) -> CaseInputs:
-    """The cases of ``inputs`` (module doc). Raises AutosegError when the output folder is the input folder,
-    nothing is given, a folder holds no case, or two inputs map to one case id."""
+def find_cases(inputs: str | Path | Sequence[str | Path], manifest: InputLayout, output_dir: Path) -> CaseInputs:
+    """The cases of ``inputs`` (module doc), for a model whose images are ``manifest.file_ending`` files,
+    ``manifest.files_per_case`` per case (``num_channels`` channels): a DatasetManifest, or an
+    :class:`InputLayout` made from a model source. Raises AutosegError when the output folder is the input
+    folder, nothing is given, a folder holds no case, or two inputs map to one case id."""
     if isinstance(inputs, (str, Path)) and Path(inputs).is_dir():
         folder = Path(inputs).resolve()
         if folder == output_dir:

@@ -5,8 +5,8 @@
   so N processes or machines share a folder without coordination. Each part writes its own
   ``prediction_info.part-K-of-N.json``; the segmentations are exactly those one run would write.
 * Continue: a case is skipped when its segmentation exists and a prediction_info file in the output
-  folder lists it as predicted by the same model (configurations, folds, checkpoint, plans,
-  selection, postprocessing, tile step, mirroring). The file name alone never decides.
+  folder lists it as predicted by the same model (work folder or model zip content, backend,
+  configurations, folds, checkpoint, plans, selection, postprocessing, tile step, mirroring). The file name alone never decides.
 """
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 
 PREDICTION_INFO_JSON = "prediction_info.json"
 #: what makes two predictions of a case the same: prediction_info.json's fields that name the model
-MODEL_FIELDS = ("workdir", "configurations", "previous_stages", "folds", "checkpoint", "step_size", "mirroring",
-                "postprocessing", "plans_hash", "selection_hash")
+MODEL_FIELDS = ("workdir", "model_id", "backend", "configurations", "previous_stages", "folds", "checkpoint",
+                "step_size", "mirroring", "postprocessing", "plans_hash", "selection_hash")
+#: what a prediction_info.json of an older autoseg, which did not record the field, was made with
+_DEFAULTS = {"backend": "torch"}
 
 T = TypeVar("T")
 
@@ -46,7 +48,7 @@ def info_name(num_parts: int, part_id: int) -> str:
 
 
 def model_signature(info: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: info.get(k) for k in MODEL_FIELDS}
+    return {k: info.get(k, _DEFAULTS.get(k)) for k in MODEL_FIELDS}
 
 
 def predicted_before(output_dir: Path, signature: Mapping[str, Any]) -> tuple[set[str], list[str]]:

@@ -30,10 +30,10 @@ from ..version import __version__
 from ..atomic import atomic_write_json
 from ..errors import AutosegError
 from ..schemas import CaseFiles, to_dict
-from ..store import RunStore, file_hash
-from .case_inputs import find_cases, is_dicom_job
+from .case_inputs import InputLayout, find_cases, is_dicom_job
 from .case_io import case_output_paths
 from .dicom_seg import SegModel, dicom_seg_path, require_highdicom, write_dicom_seg
+from .model_source import ModelSource, open_model_source
 from .partial import check_parts, info_name, model_signature, predicted_before
 from .predictor import PredictionResult, Predictor, PreparedCase
 
@@ -206,9 +206,9 @@ def _refuse_dicom_seg_without_dicom(jobs: Sequence[tuple[CaseFiles, str]], faile
     require_highdicom()
 
 
-def _seg_writer(predictor: Predictor, manifest: Any) -> Callable[[PreparedCase], Callable[..., Any]]:
+def _seg_writer(predictor: Predictor) -> Callable[[PreparedCase], Callable[..., Any]]:
     """``prepared -> (segmentation, path) -> write_dicom_seg(...)``, labels named by the dataset's ``labels``."""
-    label_names = {int(v): str(name) for name, v in manifest.labels.items()}
+    label_names = {int(v): str(name) for name, v in predictor.label_spec.labels.items()}
     model = SegModel(dataset_name=predictor.plans.dataset_name, configurations=tuple(predictor.configurations),
                      folds=tuple(str(f) for f in predictor.folds), plans_hash=predictor.plans_hash)
 
@@ -222,22 +222,25 @@ def _seg_writer(predictor: Predictor, manifest: Any) -> Callable[[PreparedCase],
     return for_case
 
 
-def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path], output_dir: str | Path, *,
+def predict_cases(workdir: str | Path | ModelSource, inputs: str | Path | Sequence[str | Path],
+                  output_dir: str | Path, *,
                   configurations: Sequence[str] | None = None, folds: Sequence[int | str] | None = None,
                   fast: bool = False, step_size: float | None = None, mirror: bool | None = None,
                   save_probabilities: bool = False, save_uncertainty: bool = False,
                   device: str | None = None, progress: bool = True, precision: str = "auto",
-                  checkpoint: str = "final", num_workers: int | None = None, num_parts: int = 1,
-                  part_id: int = 0, resume: bool = False, output_format: str = "auto") -> dict[str, Any]:
+                  checkpoint: str | None = None, num_workers: int | None = None, num_parts: int = 1,
+                  part_id: int = 0, resume: bool = False, output_format: str = "auto",
+                  backend: str = "auto") -> dict[str, Any]:
     """Predict every case of ``inputs`` into ``output_dir``; returns what prediction_info.json holds.
 
+    ``workdir``: the work folder, an exported model zip, or a ModelSource (:mod:`.model_source`).
     ``inputs``: a folder in imagesTs layout (channel count from the plans, file ending from the
     dataset manifest) and/or of DICOM case folders, a DICOM series folder, a single image file, or a
     list of image files (one case each; for datasets with one file per case) and DICOM case folders
     (:mod:`.case_inputs`). ``output_format``: "auto" (the input's format; ``.nii.gz`` for DICOM
     series) or "dicom-seg" (also a DICOM SEG ``<case>.dcm`` per case; DICOM inputs only, anything else
     refused before a network is loaded). ``configurations``/``folds``/``fast``/``step_size``/``mirror``/
-    ``device``/``precision``/``checkpoint``: see :class:`~autoseg.inference.predictor.Predictor`
+    ``device``/``precision``/``checkpoint``/``backend``: see :class:`~autoseg.inference.predictor.Predictor`
     (None: the selection's winner). ``num_workers``: threads working on cases at once, the
     networks' included (1: one case after the other; None: :func:`default_num_workers`).
     ``num_parts``/``part_id``: predict only this part of the cases, ``resume``: skip the cases this model
@@ -250,10 +253,12 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
     """
     if output_format not in OUTPUT_FORMATS:
         raise AutosegError(f"output format '{output_format}' is unknown; expected one of {', '.join(OUTPUT_FORMATS)}")
-    store = RunStore(workdir)
-    manifest = store.manifest()
+    source = open_model_source(workdir)
+    file_ending = source.file_ending
     output_dir = Path(output_dir).resolve()
-    found = find_cases(inputs, manifest, output_dir)
+    layout = InputLayout(file_ending=file_ending, num_channels=source.files_per_case,
+                         files_per_case=source.files_per_case)
+    found = find_cases(inputs, layout, output_dir)
     jobs, failed = found.jobs, found.failed
     if output_format == "dicom-seg":
         _refuse_dicom_seg_without_dicom(jobs, failed, found.dicom)
@@ -266,11 +271,15 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
     if num_workers is not None and num_workers < 1:
         raise AutosegError(f"--num-workers {num_workers}: expected 1 or more (1 predicts one case after the other)")
 
-    predictor = Predictor(workdir, configurations=configurations, folds=folds, device=device,
+    predictor = Predictor(source, configurations=configurations, folds=folds, device=device,
                           precision=precision, fast=fast, step_size=step_size, mirror=mirror,
-                          checkpoint=checkpoint)
+                          checkpoint=checkpoint, backend=backend)
+    record = source.record(selection_used=predictor.selection_winner is not None)
     model = {
-        "workdir": str(Path(workdir).resolve()),
+        "workdir": record["workdir"],
+        "model": record["model"],  # an exported model zip (autoseg predict --model), else None
+        "model_id": record["model_id"],  # the zip's content (hash of its manifest, which hashes every member)
+        "backend": predictor.backend_used,
         "configurations": list(predictor.configurations),
         "previous_stages": dict(predictor.previous_stages),
         "folds": list(predictor.folds),
@@ -279,9 +288,7 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
         "mirroring": predictor.mirror,
         "postprocessing": to_dict(predictor.postprocessing),
         "plans_hash": predictor.plans_hash,
-        # the selection.json it followed (content hash), so a later run can tell whether it still holds
-        "selection_hash": (file_hash(store.wd.selection_json) if predictor.selection_winner is not None
-                           and store.wd.selection_json.exists() else None),
+        "selection_hash": record["selection_hash"],
     }
     kept: list[str] = []
     if resume and output_dir.is_dir():
@@ -296,13 +303,13 @@ def predict_cases(workdir: str | Path, inputs: str | Path | Sequence[str | Path]
                  len(jobs))
     output_dir.mkdir(parents=True, exist_ok=True)
     for case_id, message in failed.items():  # misnamed files, channel gaps: no older output may stay
-        _remove_outputs(output_dir / f"{case_id}{found.endings.get(case_id, manifest.file_ending)}")
+        _remove_outputs(output_dir / f"{case_id}{found.endings.get(case_id, file_ending)}")
         log.error("%s", message)
     workers = int(num_workers) if num_workers is not None else default_num_workers(jobs, predictor)
     log.info("predicting %d case(s) with %d thread(s)%s", len(jobs), workers,
              " (reading ahead and writing in the background)" if workers > 1 and len(jobs) > 1 else "")
     t_start = time.monotonic()
-    seg_writer = _seg_writer(predictor, manifest) if output_format == "dicom-seg" else None
+    seg_writer = _seg_writer(predictor) if output_format == "dicom-seg" else None
     seconds = _predict_jobs(predictor, jobs, output_dir, workers, save_probabilities, save_uncertainty, failed,
                             progress, seg_writer)
 

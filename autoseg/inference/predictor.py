@@ -32,17 +32,16 @@ import torch
 
 from ..data.dicom_io import DicomSeries
 from ..errors import AutosegError
-from ..schemas import (CaseFiles, CaseProperties, ConfigurationPlan, Geometry,
-                       PostprocessingStep, load_json)
-from ..store import RunStore, plans_hash
-from ..workdir import CHECKPOINT_KINDS, Workdir
+from ..schemas import CaseFiles, CaseProperties, ConfigurationPlan, Geometry, PostprocessingStep
+from ..store import plans_hash
 from .cascade_predict import cascade_input, stage_order
 from ..preprocessing.preprocess import image_geometry
 from .case_io import case_id_and_files, read_case_image, write_case_outputs
-from .checks import (check_dimensionality, check_image_array, check_spacing, resolve_precision, trained_image_ndim,
-                     unusable_checkpoint)
+from .checks import check_dimensionality, check_image_array, check_spacing, resolve_precision
 from ..model.export import logits_to_original_probabilities, probabilities_to_segmentation
-from ..model.sliding_window import predict_sliding_window
+from ..model.onnx_backend import BACKENDS, onnx_backend_available
+from ..model.sliding_window import TileNetwork, predict_sliding_window
+from .model_source import ModelSource, open_model_source
 from .uncertainty import MemberStore
 from ..model.case_prediction import predict_preprocessed_case
 
@@ -87,7 +86,8 @@ class Predictor:
     """Networks of a trained work folder, loaded once, ready to predict images.
 
     Args:
-        workdir: the work folder (``autoseg plan`` / ``autoseg train`` wrote it).
+        workdir: the work folder (``autoseg plan`` / ``autoseg train`` wrote it), an exported model
+            zip (``autoseg export``), or a :class:`~autoseg.inference.model_source.ModelSource`.
         configurations: configurations to ensemble; None reads ``results/selection.json``
             (``autoseg find-best``) and uses its winner, folds and postprocessing. A cascade
             configuration brings its previous stage along (same folds), predicted once per case.
@@ -99,38 +99,51 @@ class Predictor:
         fast: no mirroring, step 0.75, one fold per configuration (unless ``folds`` is given).
         step_size: sliding-window step as a fraction of the patch (None: 0.5, or 0.75 with fast).
         mirror: mirror test-time augmentation (None: on unless fast).
-        checkpoint: "final", "best" or "latest".
+        checkpoint: "final", "best" or "latest" (None: final; for a model zip, the weights it holds).
         postprocessing: apply the selection's postprocessing when the selection's winner is used.
+        backend: "torch", "onnxruntime" (CPU, fp32: the zip's ONNX networks, or the torch networks
+            exported to ONNX in memory), or "auto": onnxruntime for a configuration that runs on the CPU
+            in fp32 when onnx and onnxruntime are installed (faster: docs/benchmarks/onnx_speed.md),
+            else torch. The sliding window, pre- and postprocessing are the same either way.
 
     Missing checkpoints stop the constructor with AutosegError naming the ``autoseg train``
     commands; folds whose ``train_settings.json`` records another plan than plans.json now holds
     (re-planned since) with :class:`~autoseg.errors.StaleArtifactError`.
     """
 
-    def __init__(self, workdir: str | Path, *, configurations: Sequence[str] | None = None,
+    def __init__(self, workdir: str | Path | ModelSource, *, configurations: Sequence[str] | None = None,
                  folds: Sequence[int | str] | None = None, device: str | torch.device | None = None,
                  precision: str = "auto", fast: bool = False, step_size: float | None = None,
-                 mirror: bool | None = None, checkpoint: str = "final", postprocessing: bool = True):
-        self.workdir = Workdir(workdir)
-        self.store = RunStore(self.workdir)
-        self.plans = self.store.plans()
+                 mirror: bool | None = None, checkpoint: str | None = None, postprocessing: bool = True,
+                 backend: str = "auto"):
+        self.source = open_model_source(workdir)
+        self.plans = self.source.plans
         self.plans_hash = plans_hash(self.plans)
-        if checkpoint not in CHECKPOINT_KINDS:
-            raise AutosegError(f"checkpoint '{checkpoint}' is unknown; expected one of {', '.join(CHECKPOINT_KINDS)}")
-        self.checkpoint = checkpoint
+        self.checkpoint = self.source.resolve_checkpoint(checkpoint)
+        if backend not in BACKENDS:
+            raise AutosegError(f"backend '{backend}' is unknown; expected one of {', '.join(BACKENDS)}")
+        self.backend = backend
         self.fast = bool(fast)
         self.step_size = float(step_size if step_size is not None else (FAST_STEP_SIZE if fast else DEFAULT_STEP_SIZE))
         if not 0.0 < self.step_size <= 1.0:
             raise AutosegError(f"step size {self.step_size} is out of range; expected 0 < step <= 1 "
                                f"(a fraction of the patch; 0.5 is nnU-Net's default)")
         self.mirror = (not fast) if mirror is None else bool(mirror)
+        if backend == "onnxruntime":
+            if device is not None and torch.device(device).type != "cpu":
+                raise AutosegError(f"--backend onnxruntime runs on the CPU only, not on '{device}'; leave --device "
+                                   f"out, or use --backend torch on {device}")
+            if precision not in ("auto", "fp32"):
+                raise AutosegError(f"--backend onnxruntime runs in fp32 only, not {precision}; use --backend torch "
+                                   f"for {precision}")
+            device, precision = "cpu", "fp32"
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
 
         if isinstance(configurations, str):
             configurations = [configurations]
         if isinstance(folds, (int, str)):
             folds = [folds]
-        selection = self.store.selection_for(self.plans, optional=configurations is not None)
+        selection = self.source.selection(optional=configurations is not None)
         folds_given = folds is not None
         if configurations is None:
             assert selection is not None  # selection_for raised otherwise
@@ -158,83 +171,69 @@ class Predictor:
         self.channel_names = [n.name for n in plans[0].normalization]
         self.num_classes = plans[0].network.num_classes  # output channels: classes, or regions
         self.label_spec = plans[0].labels
-        self.image_ndim = trained_image_ndim(self.plans, self.store)  # 2 or 3: the images the networks were trained on
+        self.image_ndim = self.source.image_ndim()  # 2 or 3: the images the networks were trained on
 
-        fold_list = [str(f) for f in (folds if folds is not None else self._default_folds())]
+        fold_list = [str(f) for f in (folds if folds is not None else self.source.default_folds())]
         if self.fast and not folds_given:
             fold_list = fold_list[:1]
         if not fold_list:
             raise AutosegError("no fold to predict with; pass e.g. --folds 0 1 2 3 4")
         self.folds: list[int | str] = [int(f) if f.isdigit() else f for f in dict.fromkeys(fold_list)]
-        self._check_checkpoints()
-        self._check_current()
-        self.networks: dict[str, list[torch.nn.Module]] = {}
+        self.source.check_networks(self.stages, self.folds, self.checkpoint, self._describe)
+        self.networks: dict[str, list[TileNetwork]] = {}
         self.precisions: dict[str, str] = {}
+        self.backends: dict[str, str] = {}  # configuration -> "torch" or "onnxruntime"
         for cfg in stage_plans:
             self._load(cfg, precision)
-        log.info("predictor: %s, folds %s, %s checkpoints on %s (%s), step %.2f, mirroring %s%s%s",
+        log.info("predictor: %s, folds %s, %s checkpoints on %s (%s, %s), step %.2f, mirroring %s%s%s",
                  "+".join(self.configurations), self.folds, self.checkpoint, self.device,
+                 ", ".join(f"{c} {b}" for c, b in self.backends.items()),
                  ", ".join(f"{c} {p}" for c, p in self.precisions.items()), self.step_size,
                  "on" if self.mirror else "off",
                  "".join(f", {c} predicted first as the input of {n}" for n, c in self.previous_stages.items()),
                  f", postprocessing {[s.kind for s in self.postprocessing]}" if self.postprocessing else "")
 
     # ------------------------------------------------------------------ set-up
-    def _default_folds(self) -> list[str]:
-        from ..schemas import Splits
-
-        if self.workdir.splits_json.exists():
-            return [str(k) for k in range(len(load_json(Splits, self.workdir.splits_json).folds))]
-        return [str(k) for k in range(5)]
-
     def _describe(self, configuration: str, fold: int | str) -> str:
         users = [n for n, p in self.previous_stages.items() if p == configuration]
         extra = f" (the input of {', '.join(users)})" if users and configuration not in self.configurations else ""
         return f"{configuration} fold {fold}{extra}"
 
-    def _check_checkpoints(self) -> None:
-        missing = [(c, f) for c in self.stages for f in self.folds
-                   if not self.workdir.checkpoint(c, f, self.checkpoint).is_file()]
-        if not missing:
-            return
-        cmds = "\n".join(f"  autoseg train --workdir {self.workdir.root} -c {c} --fold {f}" for c, f in missing)
-        raise AutosegError(f"{len(missing)} of the {len(self.stages) * len(self.folds)} trained "
-                           f"networks needed are missing (checkpoint_{self.checkpoint}.pt of "
-                           f"{', '.join(self._describe(c, f) for c, f in missing)}); run:\n{cmds}\n"
-                           f"or predict with the folds that exist (--folds ...)")
-
-    def _check_current(self) -> None:
-        self.store.refuse_stale_folds(self.plans, [(c, f) for c in self.stages for f in self.folds],
-                                      purpose="to predict", alternative="or predict with other folds (--folds) or "
-                                                             "configurations (-c)")
-
     def _load(self, cfg: ConfigurationPlan, precision: str) -> None:
-        from ..model.checkpoint import CheckpointError, load_checkpoint
+        """Load the folds of ``cfg`` (weights verified by the source), resolve the precision, then run them in
+        torch or, with backend onnxruntime (or auto on the CPU in fp32, when installed), in ONNX Runtime."""
         from ..model.network import build_network
 
         nets, recorded = [], []
         for fold in self.folds:
-            path = self.workdir.checkpoint(cfg.name, fold, self.checkpoint)
             net = build_network(cfg.network)
-            try:  # verified: zip CRCs, keys, finite weights, this network's parameter names and shapes
-                ckpt = load_checkpoint(path, map_location="cpu", network=net)
-            except CheckpointError as e:
-                raise AutosegError(unusable_checkpoint(e, cfg.name, fold, self.workdir.root,
-                                                        self.checkpoint)) from None
-            try:
-                net.load_state_dict(ckpt["model"])
-            except (RuntimeError, KeyError) as e:
-                raise AutosegError(f"checkpoint {path} does not fit the '{cfg.name}' network in plans.json "
-                                   f"({str(e).splitlines()[0]}); the plans changed after training: retrain "
-                                   f"with `autoseg train --workdir {self.workdir.root} -c {cfg.name} "
-                                   f"--fold {fold}`") from None
-            recorded.append((ckpt.get("state") or {}).get("precision"))
-            del ckpt
+            recorded.append(self.source.load_weights(cfg, fold, self.checkpoint, net))
             if hasattr(net, "set_deep_supervision"):
                 net.set_deep_supervision(False)
-            nets.append(net.eval().to(self.device))
-        self.networks[cfg.name] = nets
+            nets.append(net.eval())
         self.precisions[cfg.name] = resolve_precision(precision, self.device, recorded)
+        use_onnx = self.backend == "onnxruntime" or (
+            self.backend == "auto" and self.device.type == "cpu" and self.precisions[cfg.name] == "fp32"
+            and onnx_backend_available())
+        self.backends[cfg.name] = "onnxruntime" if use_onnx else "torch"
+        if not use_onnx:
+            self.networks[cfg.name] = [net.to(self.device) for net in nets]
+            return
+        from ..hardware import usable_cpu_cores
+        from ..model.onnx_backend import OnnxTileNetwork, export_onnx
+
+        sessions: list[TileNetwork] = []
+        for fold, net in zip(self.folds, nets):
+            # the zip's ONNX network; from a work folder (or a zip without --onnx) the same network exported now
+            onnx = self.source.onnx(cfg.name, fold) or export_onnx(net, cfg)
+            sessions.append(OnnxTileNetwork(onnx, threads=usable_cpu_cores(), name=f"{cfg.name} fold {fold}"))
+        self.networks[cfg.name] = sessions
+
+    @property
+    def backend_used(self) -> str | dict[str, str]:
+        """What ran the networks: "torch" or "onnxruntime", or per configuration when they differ."""
+        used = set(self.backends.values())
+        return used.pop() if len(used) == 1 else dict(self.backends)
 
     # ------------------------------------------------------------------ reading and preprocessing
     @property

@@ -7,10 +7,10 @@ import torch
 
 from ..schemas import CaseProperties, ConfigurationPlan
 from .export import logits_to_original_probabilities
-from .sliding_window import predict_sliding_window
+from .sliding_window import TileNetwork, predict_sliding_window
 
 
-def predict_preprocessed_case(networks: torch.nn.Module | list[torch.nn.Module], data: np.ndarray,
+def predict_preprocessed_case(networks: TileNetwork | list[TileNetwork], data: np.ndarray,
                               properties: CaseProperties, config: ConfigurationPlan, *,
                               device: str = "cpu", precision: str = "fp32", step_size: float = 0.5,
                               mirror: bool = True, tile_batch_size: int = 4) -> np.ndarray:

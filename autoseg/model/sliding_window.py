@@ -9,12 +9,16 @@ logits of every voxel.
 Axis order: ``data`` is ``(C, *spatial)`` in the order the network was trained on (the preprocessed,
 transposed order); a 3D volume is ``(C, Z, Y, X)``. Logits come back as ``(K, *spatial)`` float32
 on the CPU. ``mirror_axes`` are 0-based axes of the PATCH (spatial axes, not counting channels).
+
+A network is anything that maps a batch of tiles ``(B, C, *patch)`` to logits ``(B, K, *patch)``
+(:data:`TileNetwork`): a torch module, or an ONNX Runtime session wrapped by
+:class:`autoseg.model.onnx_backend.OnnxTileNetwork`. Tiling, weighting and mirroring are the same for both.
 """
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +28,9 @@ from ..errors import AutosegError, unknown_name_error
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: a network as the sliding window sees it: a batch of tiles (B, C, *patch) -> logits (B, K, *patch)
+#: (or a list whose element 0 is that, as a torch network with deep supervision left on returns)
+TileNetwork = Callable[[torch.Tensor], "torch.Tensor | Sequence[torch.Tensor]"]
 
 
 def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8,
@@ -111,7 +118,7 @@ def _mirror_combinations(mirror_axes: Sequence[int] | None, patch_ndim: int,
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
 
-def _forward(models: list[torch.nn.Module], batch: torch.Tensor,
+def _forward(models: list[TileNetwork], batch: torch.Tensor,
              flips: list[tuple[int, ...]]) -> torch.Tensor:
     """Mean logits over models and mirror combinations for a (B, C, *patch) batch, float32."""
     total: torch.Tensor | None = None
@@ -143,8 +150,8 @@ def _tiles(starts: list[list[int]], patch: Sequence[int]) -> Iterator[tuple[slic
         yield tuple(slice(c, c + int(p)) for c, p in zip(corner, patch))
 
 
-def _as_model_list(models: torch.nn.Module | Sequence[torch.nn.Module]) -> list[torch.nn.Module]:
-    out = [models] if isinstance(models, torch.nn.Module) else list(models)
+def _as_model_list(models: TileNetwork | Sequence[TileNetwork]) -> list[TileNetwork]:
+    out = [models] if callable(models) else list(models)
     if not out:
         raise AutosegError("no model given for sliding-window prediction; pass at least one "
                            "trained network (one per fold)")
@@ -152,7 +159,7 @@ def _as_model_list(models: torch.nn.Module | Sequence[torch.nn.Module]) -> list[
 
 
 def predict_sliding_window(
-    models: torch.nn.Module | Sequence[torch.nn.Module],
+    models: TileNetwork | Sequence[TileNetwork],
     data: np.ndarray | torch.Tensor,
     patch_size: Sequence[int],
     num_classes: int,
@@ -170,7 +177,8 @@ def predict_sliding_window(
     Args:
         models: one network or several (folds); their logits are averaged. Each maps
             ``(B, C, *patch)`` to ``(B, K, *patch)`` logits (or a list whose element 0 is that).
-            Models are put in eval mode and moved to ``device``.
+            Torch modules are put in eval mode and moved to ``device``; other callables
+            (:data:`TileNetwork`, e.g. an ONNX Runtime session) get the batch on ``device``.
         data: ``(C, *spatial)`` image in the network's axis order. With a 2D ``patch_size`` and
             ``(C, Z, Y, X)`` data, every slice along axis 0 is predicted as a 2D image.
         patch_size: the network's patch, one entry per spatial axis of the network (2 or 3).
@@ -209,8 +217,9 @@ def predict_sliding_window(
     flips = _mirror_combinations(mirror_axes, len(patch), offset=2)  # on the (B, C, *patch) batch
     autocast = _autocast(device, precision)
     for m in model_list:
-        m.eval()
-        m.to(device)
+        if isinstance(m, torch.nn.Module):
+            m.eval()
+            m.to(device)
 
     spatial = tuple(x.shape[1:])
     pads = _pad_amounts(spatial, tile)
