@@ -62,8 +62,8 @@ def fit_plans_to_gpu(plans: Plans, num_cases: int, measure) -> Plans:
                                      proxy_estimate_gb=cfg.estimated_memory_gb)
         log.info("%s", fit.decision.reason)
         configs[name], warnings = fit.config, warnings + fit.warnings
+    full = configs.get("3d_fullres")  # the cascade is 3d_fullres with the lowres prediction as extra channels
     for name, cfg in plans.configurations.items():
-        full = configs.get(cfg.previous_stage and "3d_fullres")
         if cfg.previous_stage and full is not None:
             configs[name] = replace(cfg, patch_size=list(full.patch_size), batch_size=full.batch_size,
                                     network=replace(full.network, in_channels=cfg.network.in_channels),
