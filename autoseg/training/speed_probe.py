@@ -130,8 +130,35 @@ def measure_cpu_unet_gflops(threads: int, *, bf16: bool, repetitions: int = 2
 
 # --------------------------------------------------------------------------- remembered per machine
 
-#: Bump when the probe changes: older remembered figures are then measured again.
-SPEED_RECORD_VERSION = 1
+#: Bump when the probe changes: older remembered figures are then measured again. Version 2: a figure
+#: measured while other processes used the CPU is no longer remembered (version 1 could keep one that
+#: was 3x too slow, and every later plan on the machine was sized for a slower CPU than it had).
+SPEED_RECORD_VERSION = 2
+
+#: Other processes using more than this share of the CPU during the probe make it a busy measurement.
+BUSY_SHARE = 0.2
+
+
+def cpu_busy_seconds() -> tuple[float, float]:
+    """(CPU seconds all processes have spent busy, CPU seconds this process has used) since boot / start;
+    two readings around a measurement tell how much of the CPU others took meanwhile."""
+    import psutil
+
+    t = psutil.cpu_times()
+    busy = sum(getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal"))
+    own = psutil.Process().cpu_times()
+    return float(busy), float(own.user + own.system)
+
+
+def measure_cpu_speed_and_load(threads: int | None = None) -> tuple[CpuSpeed, float]:
+    """:func:`measure_cpu_speed`, and the share of the whole CPU other processes used meanwhile (0..1)."""
+    import psutil
+
+    t0, (busy0, own0) = time.perf_counter(), cpu_busy_seconds()
+    speed = measure_cpu_speed(threads)
+    wall, (busy1, own1) = time.perf_counter() - t0, cpu_busy_seconds()
+    capacity = max(wall, 1e-6) * (psutil.cpu_count() or 1)
+    return speed, min(1.0, max(0.0, ((busy1 - busy0) - (own1 - own0)) / capacity))
 
 
 def speed_cache_dir() -> Path:
@@ -152,34 +179,55 @@ def cpu_class() -> dict[str, Any]:
             "torch": torch.__version__.split("+")[0], "probe": SPEED_RECORD_VERSION}
 
 
+def _remembered(path: Path, key: dict[str, Any]) -> tuple[CpuSpeed, str] | None:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("cpu_class") != key:
+            return None
+        s = saved["speed"]
+        where = (f"measured on {saved.get('measured', '?')} and remembered in {path} for this CPU class "
+                 f"(`autoseg plan --remeasure-cpu` measures again)")
+        return CpuSpeed(conv_gflops=s.get("conv_gflops"), unet_gflops=dict(s["unet_gflops"]),
+                        unet_precision=dict(s["unet_precision"]), source=where), where
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def cpu_speed_for_planning(*, remeasure: bool = False) -> tuple[CpuSpeed, str]:
     """This CPU's training throughput for the planner, measured once per CPU class and remembered.
 
-    A measurement varies by a few percent from run to run (more on a busy machine), and the CPU plan is
-    sized from it: measured afresh each time, ``autoseg plan --overwrite`` on the same data would
-    produce different plans and make trained folds look stale. So the figure is kept in
-    ``speed_cache_dir()/cpu_speed.json`` under its :func:`cpu_class` and reused while the class is
-    the same (``remeasure``: measure again and replace it). Returns (speed, a sentence saying where
-    the figure came from). A cache that cannot be read or written only costs a measurement.
+    A measurement varies by a few percent from run to run, and the CPU plan is sized from it: measured
+    afresh each time, ``autoseg plan --overwrite`` on the same data would produce different plans and
+    make trained folds look stale. So the figure is kept in ``speed_cache_dir()/cpu_speed.json`` under
+    its :func:`cpu_class` and reused while the class is the same (``remeasure``: measure again).
+
+    Only a quiet measurement is remembered: while other processes use the CPU (more than
+    :data:`BUSY_SHARE` of it) the probe runs several times slower, and a remembered slow figure would
+    size every later plan on this machine for a slower CPU. A busy measurement is used for this plan
+    only when nothing is remembered (with a warning); otherwise the remembered figure is kept. Returns
+    (speed, a sentence saying where the figure came from). A cache that cannot be read or written only
+    costs a measurement.
     """
     from ..atomic import atomic_write_text
 
     path = speed_cache_dir() / "cpu_speed.json"
     key = cpu_class()
-    if not remeasure:
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            if saved.get("cpu_class") == key:
-                s = saved["speed"]
-                where = (f"measured on {saved.get('measured', '?')} and remembered in {path} for this CPU class "
-                         f"(`autoseg plan --remeasure-cpu` measures again)")
-                speed = CpuSpeed(conv_gflops=s.get("conv_gflops"), unet_gflops=dict(s["unet_gflops"]),
-                                 unet_precision=dict(s["unet_precision"]), source=where)
-                return speed, where
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            pass
-    speed = measure_cpu_speed()
+    remembered = _remembered(path, key)
+    if remembered is not None and not remeasure:
+        return remembered
+    speed, others = measure_cpu_speed_and_load()
+    if others > BUSY_SHARE:
+        busy = (f"other processes used {100 * others:.0f}% of the CPU while it was measured, which slows "
+                f"the probe")
+        if remembered is not None:
+            logger.warning("CPU speed not measured again: %s; keeping the figure remembered in %s", busy, path)
+            return remembered[0], remembered[1] + f"; not replaced: {busy}"
+        where = (f"measured now on a busy machine ({busy}; not remembered: the plan may be sized for a slower "
+                 f"CPU than this one; plan again with `--remeasure-cpu` when the machine is quiet)")
+        logger.warning("CPU speed %s", where)
+        return replace(speed, source=where), where
     record = {"cpu_class": key, "measured": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+              "others_cpu_share": round(others, 3),
               "speed": {"conv_gflops": speed.conv_gflops, "unet_gflops": speed.unet_gflops,
                         "unet_precision": speed.unet_precision}}
     try:
