@@ -1,6 +1,6 @@
 """Dataset fingerprint: what planning needs to know about a raw dataset, from one pass over it.
 
-Per case: spacing and shape (array order, see schemas.py), shape and relative size after cropping
+Per case: spacing and shape (array order, see autoseg/schemas), shape and relative size after cropping
 to the nonzero region, voxel count per label. Per channel: foreground (label > 0) intensity
 statistics from a bounded, seeded sample (nnU-Net's rule: ``max_intensity_samples / n_cases``
 voxels per case, drawn with replacement). Per foreground label: volume, connected components
