@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import AutosegError
+from ..schemas import TrainingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -201,3 +202,24 @@ class FractionLR:
         self.shape, self.exponent = str(state["shape"]), float(state["exponent"])
         self.warmup_fraction = float(state["warmup_fraction"])
         self.set_fraction(float(state["fraction"]))
+
+
+# --------------------------------------------------------------------------- a training's optimizer and schedule
+
+def make_optimizer(network: torch.nn.Module, s: TrainingSettings) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum (nnU-Net's) or AdamW (``momentum`` is its first beta)."""
+    if s.optimizer == "adamw":
+        return torch.optim.AdamW(network.parameters(), lr=s.initial_lr, betas=(s.momentum, 0.999),
+                                 weight_decay=s.weight_decay)
+    return torch.optim.SGD(network.parameters(), lr=s.initial_lr, momentum=s.momentum, nesterov=True,
+                           weight_decay=s.weight_decay)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, s: TrainingSettings) -> PolyLR | FractionLR:
+    """Over the elapsed fraction of the time budget, else over ``epochs x iterations_per_epoch`` iterations."""
+    if s.time_budget_s is not None:
+        return FractionLR(optimizer, s.initial_lr, shape=s.lr_shape, exponent=s.poly_exponent,
+                          warmup_fraction=s.warmup_fraction)
+    total = max(1, s.epochs * s.iterations_per_epoch)
+    return PolyLR(optimizer, s.initial_lr, total, exponent=s.poly_exponent, shape=s.lr_shape,
+                  warmup_steps=min(total - 1, round(s.warmup_fraction * total)))

@@ -35,7 +35,7 @@ from .hooks import Checkpoints, EpochRecords, ProgressBar, TrainerHook
 from .losses import DeepSupervisionLoss, deep_supervision_weights, hard_dice_counts, make_loss
 from ..model.network import build_network
 from .records import rewrite_log
-from .schedule import FractionLR, PolyLR
+from .schedule import FractionLR, PolyLR, make_optimizer, make_schedule
 
 __all__ = ["TrainState", "Trainer", "TrainerHook"]
 
@@ -101,7 +101,7 @@ class Trainer:
         np.random.seed(settings.seed % 2**32)
         self.network = build_network(config.network).to(self.device)
         self.optimizer = make_optimizer(self.network, settings)
-        self.scheduler: PolyLR | FractionLR | None = _make_schedule(self.optimizer, settings)
+        self.scheduler: PolyLR | FractionLR | None = make_schedule(self.optimizer, settings)
         self.scaler: torch.amp.GradScaler | None = None  # fp16 on CUDA: made once the precision is known (fit)
         self._saved_scaler: dict | None = None  # a resumed checkpoint's scaler state
         n_out = len(config.network.features_per_stage) - 1
@@ -426,25 +426,6 @@ def _float(output):
 
 def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy().astype(np.float64) if isinstance(x, torch.Tensor) else np.asarray(x, float)
-
-
-def make_optimizer(network: torch.nn.Module, s: TrainingSettings) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum (nnU-Net's) or AdamW (``momentum`` is its first beta)."""
-    if s.optimizer == "adamw":
-        return torch.optim.AdamW(network.parameters(), lr=s.initial_lr, betas=(s.momentum, 0.999),
-                                 weight_decay=s.weight_decay)
-    return torch.optim.SGD(network.parameters(), lr=s.initial_lr, momentum=s.momentum, nesterov=True,
-                           weight_decay=s.weight_decay)
-
-
-def _make_schedule(optimizer: torch.optim.Optimizer, s: TrainingSettings) -> PolyLR | FractionLR:
-    """Over the elapsed fraction of the time budget, else over ``epochs x iterations_per_epoch`` iterations."""
-    if s.time_budget_s is not None:
-        return FractionLR(optimizer, s.initial_lr, shape=s.lr_shape, exponent=s.poly_exponent,
-                          warmup_fraction=s.warmup_fraction)
-    total = max(1, s.epochs * s.iterations_per_epoch)
-    return PolyLR(optimizer, s.initial_lr, total, exponent=s.poly_exponent, shape=s.lr_shape,
-                  warmup_steps=min(total - 1, round(s.warmup_fraction * total)))
 
 
 def _state_from_checkpoint(saved: dict[str, Any]) -> TrainState:
