@@ -33,7 +33,7 @@ def measurements(monkeypatch, tmp_path):
 
     free = iter(range(1, 1000))
     monkeypatch.setattr(speed_probe, "measure_cpu_speed", fake_probe)
-    monkeypatch.setattr(speed_probe, "cpu_busy_seconds", lambda: (0.0, 0.0))  # a quiet machine
+    monkeypatch.setattr(speed_probe, "cpu_busy_seconds", lambda: (0.0, 0.0, 2))  # a quiet machine
     monkeypatch.setattr(autoseg.hardware, "ram_gb", lambda *a, **k: (24.0, float(next(free))))
     monkeypatch.setenv("AUTOSEG_CACHE_DIR", str(tmp_path / "cache"))
     return calls
@@ -68,19 +68,19 @@ def test_a_measurement_on_a_busy_machine_is_not_remembered(tmp_path, measurement
     used once, with a warning, but never remembered; a quiet one later is, and a busy re-measurement does
     not replace it."""
     readings = iter(range(0, 10**6, 1000))  # others keep every core busy between two readings
-    monkeypatch.setattr(speed_probe, "cpu_busy_seconds", lambda: (float(next(readings)), 0.0))
+    monkeypatch.setattr(speed_probe, "cpu_busy_seconds", lambda: (float(next(readings)), 0.0, 2))
     speed, where = speed_probe.cpu_speed_for_planning()
     assert speed.unet_gflops["3d"] == 60.0 and "busy machine" in where and "--remeasure-cpu" in where
     assert not (tmp_path / "cache" / "cpu_speed.json").exists()
     assert "busy machine" in caplog.text
 
-    monkeypatch.setattr(speed_probe, "cpu_busy_seconds", lambda: (0.0, 0.0))  # quiet now
+    monkeypatch.setattr(speed_probe, "cpu_busy_seconds", lambda: (0.0, 0.0, 2))  # quiet now
     speed, where = speed_probe.cpu_speed_for_planning()
     assert speed.unet_gflops["3d"] == 30.0 and "remembered in" in where
     assert (tmp_path / "cache" / "cpu_speed.json").is_file()
 
     readings = iter(range(0, 10**6, 1000))
-    monkeypatch.setattr(speed_probe, "cpu_busy_seconds", lambda: (float(next(readings)), 0.0))
+    monkeypatch.setattr(speed_probe, "cpu_busy_seconds", lambda: (float(next(readings)), 0.0, 2))
     speed, where = speed_probe.cpu_speed_for_planning(remeasure=True)  # measured (20), but busy: kept 30
     assert len(measurements) == 3 and speed.unet_gflops["3d"] == 30.0 and "not replaced" in where
 

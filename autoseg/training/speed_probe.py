@@ -139,25 +139,34 @@ SPEED_RECORD_VERSION = 2
 BUSY_SHARE = 0.2
 
 
-def cpu_busy_seconds() -> tuple[float, float]:
-    """(CPU seconds all processes have spent busy, CPU seconds this process has used) since boot / start;
-    two readings around a measurement tell how much of the CPU others took meanwhile."""
+def _usable_cpu_ids() -> list[int] | None:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux: the whole machine
+        return None
+
+
+def cpu_busy_seconds() -> tuple[float, float, int]:
+    """(CPU seconds the CPUs this process may run on have spent busy, CPU seconds this process has used,
+    how many such CPUs): two readings around a measurement tell how much of its CPUs others took
+    meanwhile. Only this process's CPUs count: a training pinned to the other core of the machine
+    does not slow a probe pinned to this one."""
     import psutil
 
-    t = psutil.cpu_times()
-    busy = sum(getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal"))
+    per_cpu = psutil.cpu_times(percpu=True)
+    ids = [i for i in (_usable_cpu_ids() or range(len(per_cpu))) if i < len(per_cpu)] or list(range(len(per_cpu)))
+    busy = sum(getattr(per_cpu[i], name, 0.0) for i in ids
+               for name in ("user", "nice", "system", "irq", "softirq", "steal"))
     own = psutil.Process().cpu_times()
-    return float(busy), float(own.user + own.system)
+    return float(busy), float(own.user + own.system), len(ids)
 
 
 def measure_cpu_speed_and_load(threads: int | None = None) -> tuple[CpuSpeed, float]:
-    """:func:`measure_cpu_speed`, and the share of the whole CPU other processes used meanwhile (0..1)."""
-    import psutil
-
-    t0, (busy0, own0) = time.perf_counter(), cpu_busy_seconds()
+    """:func:`measure_cpu_speed`, and the share of this process's CPUs other processes used meanwhile (0..1)."""
+    t0, (busy0, own0, n_cpus) = time.perf_counter(), cpu_busy_seconds()
     speed = measure_cpu_speed(threads)
-    wall, (busy1, own1) = time.perf_counter() - t0, cpu_busy_seconds()
-    capacity = max(wall, 1e-6) * (psutil.cpu_count() or 1)
+    wall, (busy1, own1, _) = time.perf_counter() - t0, cpu_busy_seconds()
+    capacity = max(wall, 1e-6) * max(1, n_cpus)
     return speed, min(1.0, max(0.0, ((busy1 - busy0) - (own1 - own0)) / capacity))
 
 
