@@ -204,7 +204,7 @@ def find_best(workdir: str | Path, *, configurations: list[str] | None = None, f
     """
     from .inference.ensemble import iter_cv_ensemble_segmentations
     from .data.labels import scored_items
-    from .inference.postprocess import determine_postprocessing, foreground_mean
+    from .inference.postprocess_learning import determine_postprocessing, foreground_mean
     from .parallel import fork_map
 
     store = RunStore(workdir)

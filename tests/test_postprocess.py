@@ -6,7 +6,8 @@ import pytest
 
 from autoseg.errors import AutosegError
 from autoseg.evaluation import evaluate_case
-from autoseg.inference.postprocess import apply_postprocessing, determine_postprocessing, foreground_mean
+from autoseg.inference.postprocess import apply_postprocessing
+from autoseg.inference.postprocess_learning import determine_postprocessing, foreground_mean
 from autoseg.schemas import PostprocessingStep
 
 SPACING = (1.0, 1.0, 1.0)

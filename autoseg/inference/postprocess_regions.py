@@ -21,7 +21,8 @@ import numpy as np
 from ..data.labels import item_key, item_mask
 from ..errors import AutosegError
 from ..schemas import PostprocessingStep
-from .postprocess import _better, _check_case, _dice, _fmt, _mean, _not_worse, _serial_map, apply_postprocessing, \
+from .postprocess import apply_postprocessing
+from .postprocess_learning import _better, _check_case, _dice, _fmt, _mean, _not_worse, _serial_map, \
     foreground_mean, without_ignored
 
 log = logging.getLogger(__name__)
