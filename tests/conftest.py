@@ -47,7 +47,7 @@ def lowres_run(tmp_path_factory) -> Path:
     from autoseg.cli import main
     from autoseg.store import load_manifest, load_plans
     from autoseg.planning.base import data_identifier
-    from autoseg.preprocessing.preprocess import preprocess_dataset
+    from autoseg.preprocessing.dataset import preprocess_dataset
     from autoseg.schemas import save_json
     from autoseg.workdir import Workdir
 

@@ -10,9 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from autoseg.errors import AutosegError
-from autoseg.preprocessing.preprocess import (estimate_case_memory_gb, preprocess_arrays,
-                                              preprocess_dataset, sample_class_locations,
-                                              target_spacing_zyx)
+from autoseg.preprocessing.dataset import estimate_case_memory_gb, preprocess_dataset
+from autoseg.preprocessing.preprocess import preprocess_arrays, sample_class_locations, target_spacing_zyx
 from autoseg.schemas import (SCHEMA_VERSION, CaseFiles, CaseProperties, ChannelNormalization,
                              ConfigurationPlan, DatasetManifest, NetworkSpec, ResamplingSpec, load_json)
 from autoseg.workdir import Workdir

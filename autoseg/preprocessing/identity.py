@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..schemas import ChannelNormalization, ConfigurationPlan, ResamplingSpec, stable_hash, to_dict
+from ..schemas import (
+    ChannelNormalization,
+    ConfigurationPlan,
+    ResamplingSpec,
+    stable_hash,
+    to_dict,
+)
 
 
 def _preprocessing_fields(spacing_zyx_mm: Sequence[float], transpose_forward: Sequence[int],

@@ -210,7 +210,7 @@ def plan_dataset(dataset_dir: str | Path, workdir: str | Path, *, planner: str =
     from ..planning.base import check_time_budget
     from ..planning.explain import explain_plans
     from ..planning.registry import get_planner
-    from ..preprocessing.preprocess import preprocess_dataset
+    from ..preprocessing.dataset import preprocess_dataset
 
     get_planner(planner)  # fail on an unknown name or a bad budget before any work
     check_time_budget(time_budget_s)
