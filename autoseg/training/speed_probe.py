@@ -161,13 +161,27 @@ def cpu_busy_seconds() -> tuple[float, float, int]:
     return float(busy), float(own.user + own.system), len(ids)
 
 
+def _others_share(before: tuple[float, float, int], after: tuple[float, float, int], wall: float) -> float:
+    capacity = max(wall, 1e-6) * max(1, before[2])
+    return min(1.0, max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / capacity))
+
+
 def measure_cpu_speed_and_load(threads: int | None = None) -> tuple[CpuSpeed, float]:
     """:func:`measure_cpu_speed`, and the share of this process's CPUs other processes used meanwhile (0..1)."""
-    t0, (busy0, own0, n_cpus) = time.perf_counter(), cpu_busy_seconds()
+    t0, before = time.perf_counter(), cpu_busy_seconds()
     speed = measure_cpu_speed(threads)
-    wall, (busy1, own1, _) = time.perf_counter() - t0, cpu_busy_seconds()
-    capacity = max(wall, 1e-6) * max(1, n_cpus)
-    return speed, min(1.0, max(0.0, ((busy1 - busy0) - (own1 - own0)) / capacity))
+    return speed, _others_share(before, cpu_busy_seconds(), time.perf_counter() - t0)
+
+
+#: How long :func:`others_cpu_share_now` watches the CPUs before a remembered busy figure is measured again.
+QUIET_CHECK_S = 1.0
+
+
+def others_cpu_share_now(seconds: float | None = None) -> float:
+    """The share of this process's CPUs other processes use over the next ``seconds`` (0..1)."""
+    t0, before = time.perf_counter(), cpu_busy_seconds()
+    time.sleep(QUIET_CHECK_S if seconds is None else seconds)
+    return _others_share(before, cpu_busy_seconds(), time.perf_counter() - t0)
 
 
 def speed_cache_dir() -> Path:
@@ -188,18 +202,27 @@ def cpu_class() -> dict[str, Any]:
             "torch": torch.__version__.split("+")[0], "probe": SPEED_RECORD_VERSION}
 
 
-def _remembered(path: Path, key: dict[str, Any]) -> tuple[CpuSpeed, str] | None:
+def _remembered(path: Path, key: dict[str, Any]) -> tuple[CpuSpeed, str, bool] | None:
+    """(speed, where it comes from, whether it was measured on a busy machine) for this CPU class, or None."""
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
         if saved.get("cpu_class") != key:
             return None
         s = saved["speed"]
-        where = (f"measured on {saved.get('measured', '?')} and remembered in {path} for this CPU class "
-                 f"(`autoseg plan --remeasure-cpu` measures again)")
-        return CpuSpeed(conv_gflops=s.get("conv_gflops"), unet_gflops=dict(s["unet_gflops"]),
-                        unet_precision=dict(s["unet_precision"]), source=where), where
+        busy = float(saved.get("others_cpu_share", 0.0)) > BUSY_SHARE
+        where = (f"measured on {saved.get('measured', '?')}"
+                 + (f" while other processes used {100 * float(saved['others_cpu_share']):.0f}% of the CPU"
+                    if busy else "")
+                 + f" and remembered in {path} for this CPU class (`autoseg plan --remeasure-cpu` measures again)")
+        return (CpuSpeed(conv_gflops=s.get("conv_gflops"), unet_gflops=dict(s["unet_gflops"]),
+                         unet_precision=dict(s["unet_precision"]), source=where), where, busy)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _faster(a: CpuSpeed, b: CpuSpeed) -> bool:
+    """``a`` trains U-Nets faster than ``b`` (the sum over 2D and 3D)."""
+    return sum(a.unet_gflops.values()) > sum(b.unet_gflops.values())
 
 
 def cpu_speed_for_planning(*, remeasure: bool = False) -> tuple[CpuSpeed, str]:
@@ -210,12 +233,14 @@ def cpu_speed_for_planning(*, remeasure: bool = False) -> tuple[CpuSpeed, str]:
     make trained folds look stale. So the figure is kept in ``speed_cache_dir()/cpu_speed.json`` under
     its :func:`cpu_class` and reused while the class is the same (``remeasure``: measure again).
 
-    Only a quiet measurement is remembered: while other processes use the CPU (more than
-    :data:`BUSY_SHARE` of it) the probe runs several times slower, and a remembered slow figure would
-    size every later plan on this machine for a slower CPU. A busy measurement is used for this plan
-    only when nothing is remembered (with a warning); otherwise the remembered figure is kept. Returns
-    (speed, a sentence saying where the figure came from). A cache that cannot be read or written only
-    costs a measurement.
+    A measurement taken while other processes use more than :data:`BUSY_SHARE` of the probe's CPUs
+    runs several times slower (3x was seen on a 2-core machine), and a slow figure sizes every later
+    plan for a slower CPU than the real one. Such a figure is remembered as *busy*: later plans reuse it
+    while the machine is still busy (so plans stay the same on a machine that is never quiet, e.g. a
+    shared node), and measure again as soon as they find it quiet (:func:`others_cpu_share_now`); a quiet
+    measurement replaces it and is kept. A quiet figure is never replaced by a busy one; between two
+    busy ones the faster is kept. Returns (speed, a sentence saying where the figure came from). A
+    cache that cannot be read or written only costs a measurement.
     """
     from ..atomic import atomic_write_text
 
@@ -223,18 +248,14 @@ def cpu_speed_for_planning(*, remeasure: bool = False) -> tuple[CpuSpeed, str]:
     key = cpu_class()
     remembered = _remembered(path, key)
     if remembered is not None and not remeasure:
-        return remembered
+        if not remembered[2] or others_cpu_share_now() > BUSY_SHARE:
+            return remembered[0], remembered[1]
     speed, others = measure_cpu_speed_and_load()
-    if others > BUSY_SHARE:
-        busy = (f"other processes used {100 * others:.0f}% of the CPU while it was measured, which slows "
-                f"the probe")
-        if remembered is not None:
-            logger.warning("CPU speed not measured again: %s; keeping the figure remembered in %s", busy, path)
-            return remembered[0], remembered[1] + f"; not replaced: {busy}"
-        where = (f"measured now on a busy machine ({busy}; not remembered: the plan may be sized for a slower "
-                 f"CPU than this one; plan again with `--remeasure-cpu` when the machine is quiet)")
-        logger.warning("CPU speed %s", where)
-        return replace(speed, source=where), where
+    busy = others > BUSY_SHARE
+    load = f"other processes used {100 * others:.0f}% of the CPU while it was measured, which slows the probe"
+    if busy and remembered is not None and (not remembered[2] or not _faster(speed, remembered[0])):
+        logger.warning("CPU speed measured again, but %s; keeping the figure remembered in %s", load, path)
+        return remembered[0], remembered[1] + f"; a new measurement did not replace it: {load}"
     record = {"cpu_class": key, "measured": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
               "others_cpu_share": round(others, 3),
               "speed": {"conv_gflops": speed.conv_gflops, "unet_gflops": speed.unet_gflops,
@@ -242,8 +263,15 @@ def cpu_speed_for_planning(*, remeasure: bool = False) -> tuple[CpuSpeed, str]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(record, indent=2) + "\n")
-        where = f"measured now and remembered in {path} for this CPU class"
+        kept = f"remembered in {path} for this CPU class"
     except OSError as e:
         logger.debug("cannot remember the CPU speed in %s: %s", path, e)
-        where = f"measured now (not remembered: {path} is not writable, so the next plan measures again)"
+        kept = f"not remembered: {path} is not writable, so the next plan measures again"
+    if not busy:
+        where = f"measured now and {kept}" if kept.startswith("remembered") else f"measured now ({kept})"
+        return replace(speed, source=where), where
+    where = (f"measured now on a busy machine ({load}), so the plan may be sized for a slower CPU than this one; "
+             f"{kept}{' until a plan finds the machine quiet and measures again' if kept.startswith('remembered') else ''}"
+             f" (or plan again with `--remeasure-cpu` when the machine is quiet)")
+    logger.warning("CPU speed %s", where)
     return replace(speed, source=where), where
