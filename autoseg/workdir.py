@@ -90,6 +90,10 @@ class Workdir:
     def configuration_dir(self, configuration: str) -> Path:
         return self.results_root / configuration
 
+    def precision_choice_json(self, configuration: str) -> Path:
+        """The CPU precision measured for this configuration's network and batch; its other folds reuse it."""
+        return self.configuration_dir(configuration) / "precision_choice.json"
+
     def fold_dir(self, configuration: str, fold: int | str) -> Path:
         return self.configuration_dir(configuration) / fold_name(fold)
 

@@ -33,7 +33,7 @@ def measurements(monkeypatch, tmp_path):
 
     free = iter(range(1, 1000))
     monkeypatch.setattr(speed_probe, "measure_cpu_speed", fake_probe)
-    monkeypatch.setattr(speed_probe, "cpu_busy_seconds", lambda: (0.0, 0.0, 2))  # a quiet machine
+    monkeypatch.setattr(speed_probe, "cpu_busy_seconds", lambda *a: (0.0, 0.0, 2))  # a quiet machine
     monkeypatch.setattr(autoseg.hardware, "ram_gb", lambda *a, **k: (24.0, float(next(free))))
     monkeypatch.setenv("AUTOSEG_CACHE_DIR", str(tmp_path / "cache"))
     return calls
@@ -70,8 +70,8 @@ def test_a_measurement_on_a_busy_machine_is_replaced_by_the_first_quiet_one(tmp_
     machine that is never quiet), measured again once it is quiet; a quiet figure then stays, and a busy
     re-measurement does not replace it."""
     monkeypatch.setattr(speed_probe, "QUIET_CHECK_S", 0.0)
-    busy_machine = lambda: (float(next(readings)), 0.0, 2)  # noqa: E731 - others keep every core busy
-    quiet_machine = lambda: (0.0, 0.0, 2)  # noqa: E731
+    busy_machine = lambda *a: (float(next(readings)), 0.0, 2)  # noqa: E731 - others keep every core busy
+    quiet_machine = lambda *a: (0.0, 0.0, 2)  # noqa: E731
     cache = tmp_path / "cache" / "cpu_speed.json"
 
     readings = iter(range(0, 10**6, 1000))

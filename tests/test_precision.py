@@ -80,13 +80,55 @@ class _RaisingSteps:
 # --------------------------------------------------------------------------- in the trainer
 
 @pytest.fixture
-def auto_trainer(tmp_path: Path):
-    from autoseg.training.trainer import Trainer
+def probe_parts(tmp_path: Path):
     from tests.conftest import tiny_training
 
-    wd, config, settings, train_ids, val_ids = tiny_training(tmp_path, "Dataset013_Probe", {
+    return tiny_training(tmp_path, "Dataset013_Probe", {
         "epochs": 1, "iterations_per_epoch": 2, "validation_iterations_per_epoch": 1, "precision": "auto"})
-    return Trainer(wd, config, settings, train_ids, val_ids, progress=False)
+
+
+@pytest.fixture
+def auto_trainer(probe_parts):
+    from autoseg.training.trainer import Trainer
+
+    return Trainer(*probe_parts, progress=False)
+
+
+def test_a_configuration_measures_its_precision_once(probe_parts, monkeypatch, caplog) -> None:
+    """The probe costs 10-30 s of every training's budget: the first fold of a configuration measures, its
+    other folds reuse the choice; another batch size measures again, and a busy measurement is not kept."""
+    import dataclasses
+
+    import autoseg.hardware
+    from autoseg.training import speed_probe
+    from autoseg.training.trainer import Trainer
+
+    wd, config, settings, train_ids, val_ids = probe_parts
+    monkeypatch.setattr(autoseg.hardware, "cpu_has_bf16", lambda *a: True)
+    measured: list[str] = []
+
+    def fake_time(steps):
+        measured.append(steps.trainer.settings.fold)
+        return {"fp32": 0.30, "bf16": 0.20}
+
+    others = {"share": 0.0}
+    monkeypatch.setattr(precision_module, "time_precisions", fake_time)
+    monkeypatch.setattr(speed_probe, "measure_share_of_others", lambda fn, **kw: (fn(), others["share"]))
+
+    def resolve(**changes) -> str:
+        trainer = Trainer(wd, config, dataclasses.replace(settings, **changes), train_ids, val_ids, progress=False)
+        return trainer._resolve_precision(iter([None]))
+
+    assert resolve(fold="0") == "bf16" and measured == ["0"]
+    assert wd.precision_choice_json(config.name).is_file()
+    with caplog.at_level(logging.INFO):
+        assert resolve(fold="1") == "bf16" and measured == ["0"]  # reused, not measured
+    assert any("measured in fold 0" in r.getMessage() and "bf16 0.2 s/it" in r.getMessage() for r in caplog.records)
+
+    assert resolve(fold="2", batch_size=settings.batch_size + 1) == "bf16" and measured == ["0", "2"]  # new key
+    others["share"] = 0.6  # the machine got busy: used, not remembered
+    assert resolve(fold="3", batch_size=settings.batch_size + 2) == "bf16" and measured == ["0", "2", "3"]
+    assert resolve(fold="4", batch_size=settings.batch_size + 2) == "bf16" and measured == ["0", "2", "3", "4"]
 
 
 def test_trainer_probe_drops_a_crashing_bf16_and_leaves_its_network_alone(auto_trainer, monkeypatch,

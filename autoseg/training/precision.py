@@ -11,6 +11,7 @@ untouched.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import statistics
 import time
@@ -116,10 +117,57 @@ def cuda_precision(bf16_supported: bool) -> tuple[str, str]:
     return "fp16", "precision auto on CUDA: fp16 autocast with a gradient scaler (this GPU has no bf16)"
 
 
+def _choice_key(trainer: Any) -> dict[str, Any]:
+    """What a measured precision choice depends on: the configuration's plan, the batch and patch, the
+    threads, and the CPU class (model, usable cores, native bf16, torch version)."""
+    import torch
+
+    from .speed_probe import cpu_class
+
+    s = trainer.settings
+    return {"configuration_hash": s.configuration_hash, "batch_size": s.batch_size, "patch_size": list(s.patch_size),
+            "threads": torch.get_num_threads(), **cpu_class()}
+
+
+def remembered_choice(trainer: Any) -> dict[str, Any] | None:
+    """The choice another fold of this configuration measured on this CPU class (``precision_choice.json``
+    in the configuration's folder), or None when there is none for this key or it cannot be read."""
+    try:
+        saved = json.loads(trainer.wd.precision_choice_json(trainer.config.name).read_text(encoding="utf-8"))
+        if saved.get("key") == _choice_key(trainer) and saved.get("choice") in ("fp32", "bf16"):
+            return saved
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    return None
+
+
+def remember_choice(trainer: Any, choice: str, timings: Mapping[str, float | ChildCrashed], fold: str) -> None:
+    """Keep ``choice`` for the configuration's other folds (best effort: a write that fails only costs them
+    a measurement)."""
+    from ..atomic import atomic_write_text
+
+    record = {"key": _choice_key(trainer), "choice": choice, "measured_in_fold": fold,
+              "measured": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+              "timings": {k: (round(v, 4) if isinstance(v, float) else f"failed: {v.describe()}")
+                          for k, v in timings.items()}}
+    path = trainer.wd.precision_choice_json(trainer.config.name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    except OSError as e:
+        log.debug("cannot remember the precision choice in %s: %s", path, e)
+
+
 def resolve_precision(trainer: Any, train_it: Any) -> str:
     """The trainer's precision: its setting, or for "auto" on CUDA :func:`cuda_precision`, on a CPU without
     native bf16 fp32, else the faster of fp32 and bf16 on this network and batch, each timed in a child process
-    (a candidate whose child crashes is dropped; fp32 when none survives)."""
+    (a candidate whose child crashes is dropped; fp32 when none survives).
+
+    The CPU measurement costs 10-30 s of the training's budget (two child processes, a few steps each), so
+    it is made once per configuration and CPU class: the configuration's other folds reuse it from
+    ``precision_choice.json`` (the same network, batch and patch). A measurement taken while other
+    processes used more than a fifth of the CPU is used but not remembered: a busy machine can change
+    which precision looks faster."""
     p = trainer.settings.precision
     if p != "auto":
         return p
@@ -131,13 +179,29 @@ def resolve_precision(trainer: Any, train_it: Any) -> str:
         return choice
     from ..hardware import cpu_has_bf16
     from .isolation import note
+    from .speed_probe import BUSY_SHARE, measure_share_of_others
 
     if not cpu_has_bf16():
         return "fp32"
+    saved = remembered_choice(trainer)
+    if saved is not None:
+        best = saved["choice"]
+        trainer.state.precision_probe = {k: v for k, v in saved.get("timings", {}).items() if isinstance(v, float)}
+        log.info("precision auto: %s, measured in fold %s of %s on this CPU (%s; %s)", best,
+                 saved.get("measured_in_fold", "?"), trainer.config.name,
+                 ", ".join(f"{k} {v}" + (" s/it" if isinstance(v, float) else "") for k, v in saved.get("timings", {}).items()),
+                 trainer.wd.precision_choice_json(trainer.config.name))
+        note("precision", best)
+        return best
     # each candidate trains a few steps in its own child process: one that crashes (SIGSEGV) is dropped
-    timings = time_precisions(TrainerSteps(trainer, next(train_it)))
+    timings, others = measure_share_of_others(lambda: time_precisions(TrainerSteps(trainer, next(train_it))))
     best = choose_precision(timings)
     trainer.state.precision_probe = {k: round(v, 4) for k, v in timings.items() if isinstance(v, float)}
     log.info("precision auto: %s → %s", format_timings(timings), best)
+    if others <= BUSY_SHARE:
+        remember_choice(trainer, best, timings, str(trainer.settings.fold))
+    else:
+        log.info("precision auto: not remembered for the other folds: other processes used %.0f%% of the CPU "
+                 "while it was measured", 100 * others)
     note("precision", best)  # for run_training_guarded, if this runs in its child
     return best

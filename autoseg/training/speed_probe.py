@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 import os
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..hardware import CpuSpeed, cpu_has_bf16, cpu_model_name, usable_cpu_cores
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def measure_cpu_speed(threads: int | None = None) -> CpuSpeed:
@@ -85,10 +87,10 @@ def measure_cpu_unet_gflops(threads: int, *, bf16: bool, repetitions: int = 2
     """
     import torch
 
+    from ..model.network import build_network
     from ..planning.memory import gflop_per_iteration
     from ..schemas import NetworkSpec
     from .losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
-    from ..model.network import build_network
 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
@@ -146,19 +148,30 @@ def _usable_cpu_ids() -> list[int] | None:
         return None
 
 
-def cpu_busy_seconds() -> tuple[float, float, int]:
+def cpu_busy_seconds(own_children: bool = False) -> tuple[float, float, int]:
     """(CPU seconds the CPUs this process may run on have spent busy, CPU seconds this process has used,
     how many such CPUs): two readings around a measurement tell how much of its CPUs others took
     meanwhile. Only this process's CPUs count: a training pinned to the other core of the machine
-    does not slow a probe pinned to this one."""
+    does not slow a probe pinned to this one. With ``own_children`` this process's child processes
+    (finished and waited for, or still running) count as its own."""
     import psutil
 
     per_cpu = psutil.cpu_times(percpu=True)
     ids = [i for i in (_usable_cpu_ids() or range(len(per_cpu))) if i < len(per_cpu)] or list(range(len(per_cpu)))
     busy = sum(getattr(per_cpu[i], name, 0.0) for i in ids
                for name in ("user", "nice", "system", "irq", "softirq", "steal"))
-    own = psutil.Process().cpu_times()
-    return float(busy), float(own.user + own.system), len(ids)
+    me = psutil.Process()
+    own = me.cpu_times()
+    mine = own.user + own.system
+    if own_children:  # finished children (waited for) and the ones still running, e.g. data-loading workers
+        mine += own.children_user + own.children_system
+        for child in me.children(recursive=True):
+            try:
+                t = child.cpu_times()
+                mine += t.user + t.system
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+    return float(busy), float(mine), len(ids)
 
 
 def _others_share(before: tuple[float, float, int], after: tuple[float, float, int], wall: float) -> float:
@@ -166,11 +179,18 @@ def _others_share(before: tuple[float, float, int], after: tuple[float, float, i
     return min(1.0, max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / capacity))
 
 
+def measure_share_of_others(fn: Callable[[], T], *, own_children: bool = True) -> tuple[T, float]:
+    """``fn()``, and the share of this process's CPUs other processes used while it ran (0..1). With
+    ``own_children`` the CPU time of this process's child processes (waited for by then) counts as its own."""
+    t0, before = time.perf_counter(), cpu_busy_seconds(own_children)
+    result = fn()
+    return result, _others_share(before, cpu_busy_seconds(own_children), time.perf_counter() - t0)
+
+
 def measure_cpu_speed_and_load(threads: int | None = None) -> tuple[CpuSpeed, float]:
     """:func:`measure_cpu_speed`, and the share of this process's CPUs other processes used meanwhile (0..1)."""
-    t0, before = time.perf_counter(), cpu_busy_seconds()
-    speed = measure_cpu_speed(threads)
-    return speed, _others_share(before, cpu_busy_seconds(), time.perf_counter() - t0)
+    # the probe runs in this process: anything else, this process's children included, slows it
+    return measure_share_of_others(lambda: measure_cpu_speed(threads), own_children=False)
 
 
 #: How long :func:`others_cpu_share_now` watches the CPUs before a remembered busy figure is measured again.
