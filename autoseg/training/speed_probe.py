@@ -199,9 +199,8 @@ QUIET_CHECK_S = 1.0
 
 def others_cpu_share_now(seconds: float | None = None) -> float:
     """The share of this process's CPUs other processes use over the next ``seconds`` (0..1)."""
-    t0, before = time.perf_counter(), cpu_busy_seconds()
-    time.sleep(QUIET_CHECK_S if seconds is None else seconds)
-    return _others_share(before, cpu_busy_seconds(), time.perf_counter() - t0)
+    wait = QUIET_CHECK_S if seconds is None else seconds
+    return measure_share_of_others(lambda: time.sleep(wait), own_children=False)[1]
 
 
 def speed_cache_dir() -> Path:
