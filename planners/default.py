@@ -16,6 +16,7 @@ import statistics
 
 from autoseg.errors import AutosegError
 from autoseg.planning.base import Planner, Sizing, SizingRequest
+from autoseg.planning.sampling import TINY_OBJECT_PATCH_FRACTION, tiny_object_labels
 from autoseg.planning.memory import (conv_feature_map_size, estimate_gpu_memory_gb, estimate_training_ram_gb,
                                      CPU_NON_CONV_OVERHEAD, estimated_seconds_per_iteration_cpu, gflop_per_iteration,
                                      reference_proxy_for_memory, REFERENCE_BATCH_2D, REFERENCE_BATCH_3D)
@@ -43,7 +44,6 @@ RAM_HEADROOM = 0.75
 #: Label warnings: absent in more than this fraction of cases; median object smaller than this
 #: fraction of the patch volume; a label this many times rarer than another or under this share.
 ABSENT_CASES_WARNING_FRACTION = 0.2
-TINY_OBJECT_PATCH_FRACTION = 0.005
 IMBALANCE_RATIO_WARNING = 100.0
 RARE_LABEL_VOXEL_FRACTION = 0.001
 #: A CPU patch keeps at least this many poolings (unless the median image is too small for them).
@@ -291,10 +291,9 @@ def label_warnings(fp: Fingerprint, configurations: dict[str, ConfigurationPlan]
     out: list[str] = []
     n = len(fp.cases)
     main = configurations.get("3d_fullres") or configurations.get("2d")
-    real_axes = [1, 2] if fp.ndim == 2 else [0, 1, 2]
-    spacing_med = [statistics.median(c.spacing_zyx_mm[a] for c in fp.cases) for a in range(3)]
     total_voxels = sum(math.prod(c.shape_after_crop_zyx) for c in fp.cases)
     totals: dict[int, int] = {}
+    tiny = tiny_object_labels(fp, main) if main is not None else {}
     for ls in fp.label_stats:
         totals[ls.label] = sum(int(v) for v in ls.voxels_per_case.values())
         absent = len(ls.absent_in_cases)
@@ -302,17 +301,12 @@ def label_warnings(fp: Fingerprint, configurations: dict[str, ConfigurationPlan]
             out.append(f"label {ls.label} ({ls.name}) is absent in {absent} of {n} cases "
                        f"({absent / n:.0%} > {ABSENT_CASES_WARNING_FRACTION:.0%}): check the labels; training sees "
                        f"it less often and its Dice is undefined on empty cases")
-        if main is not None and ls.component_size_voxels_median > 0:
-            # median object in voxels at the main configuration's target spacing
-            vox = ls.component_size_voxels_median * math.prod(spacing_med[a] / main.spacing_zyx_mm[a]
-                                                               for a in real_axes)
-            patch_vox = math.prod(main.patch_size)
-            if vox < TINY_OBJECT_PATCH_FRACTION * patch_vox:
-                out.append(f"label {ls.label} ({ls.name}) has tiny objects: the median component (~{vox:.0f} voxels) "
-                           f"is {vox / patch_vox:.2%} of the {main.name} patch {main.patch_size} (< "
-                           f"{TINY_OBJECT_PATCH_FRACTION:.1%}); foreground oversampling "
-                           f"({main.foreground_oversample_fraction:.0%} of each batch) matters, consider raising it "
-                           f"with --oversample-fraction")
+        if ls.label in tiny:
+            vox, patch_vox = tiny[ls.label], math.prod(main.patch_size)
+            out.append(f"label {ls.label} ({ls.name}) has tiny objects: the median component (~{vox:.0f} voxels) "
+                       f"is {vox / patch_vox:.2%} of the {main.name} patch {main.patch_size} (< "
+                       f"{TINY_OBJECT_PATCH_FRACTION:.1%}); watch its validation Dice. How batches sample it: the "
+                       f"decision foreground_oversampling[{main.name}] (`autoseg plan --explain`)")
         if total_voxels and 0 < totals[ls.label] < RARE_LABEL_VOXEL_FRACTION * total_voxels:
             out.append(f"label {ls.label} ({ls.name}) covers only {totals[ls.label] / total_voxels:.3%} of the "
                        f"cropped image voxels (< {RARE_LABEL_VOXEL_FRACTION:.1%}): strong imbalance against the "

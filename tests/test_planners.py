@@ -9,6 +9,7 @@ import pytest
 
 from autoseg.planning.explain import explain_plans
 from autoseg.planning.registry import available_planners, get_planner
+from autoseg.planning.sampling import forced_foreground_count, patch_holds_median_image
 from autoseg.schemas import (CaseFingerprint, Fingerprint, HardwareBudget, IntensityStats, LabelStats, Plans,
                              from_dict, to_dict)
 
@@ -254,8 +255,36 @@ def test_label_warnings():
     fp = make_fingerprint([(1.0, 1.0, 1.0)] * 10, [(64, 64, 64)] * 10, component_voxels=20.0, absent=3)
     warnings = get_planner("default").plan(fp, gpu(8)).warnings
     assert any("absent in 3 of 10 cases" in w for w in warnings)
-    assert any("tiny objects" in w and "oversampling" in w for w in warnings)
+    assert any("tiny objects" in w and "foreground_oversampling[3d_fullres]" in w for w in warnings)
+    assert not any("consider raising" in w for w in warnings)  # measured not to help: no longer advised
     assert not get_planner("default").plan(hippocampus(), gpu(8)).warnings
+
+
+def test_every_configuration_explains_its_foreground_sampling():
+    small = make_fingerprint([(1.0, 1.0, 1.0)] * 10, [(64, 64, 64)] * 10, component_voxels=20.0)
+    plans = get_planner("default").plan(small, cpu(gflops=200), time_budget_s=600.0)
+    for name, cfg in plans.configurations.items():
+        d = decision(plans.decisions, f"foreground_oversampling[{name}]")
+        assert d.value == cfg.foreground_oversample_fraction
+        # the count the data loader will force (nnU-Net's rounding, at least 1 from batch 2 on)
+        assert d.inputs["forced_samples"] == forced_foreground_count(cfg.batch_size, cfg.foreground_oversample_fraction)
+        assert f"{d.inputs['forced_samples']} of {cfg.batch_size} samples" in d.reason
+        assert d.inputs["tiny_object_labels"] == [1] and "tiny objects" in d.reason and "0.8226" in d.reason
+    big = get_planner("default").plan(hippocampus(), gpu(8))
+    d = decision(big.decisions, "foreground_oversampling[3d_fullres]")
+    assert d.inputs["tiny_object_labels"] == [] and "tiny objects" not in d.reason
+
+
+def test_a_patch_that_holds_the_whole_image_is_said_to():
+    plans = get_planner("default").plan(hippocampus(), gpu(8))
+    cfg = plans.configurations["3d_fullres"]
+    whole = replace(cfg, median_shape_zyx=[1, 1, 1])
+    part = replace(cfg, median_shape_zyx=[p + 1 for p in cfg.patch_size])
+    assert patch_holds_median_image(whole) and not patch_holds_median_image(part)
+    # a 2D patch sees the whole image only when the image is one slice (else the slice still matters)
+    flat = replace(plans.configurations["2d"], median_shape_zyx=[1, 8, 8], transpose_forward=[0, 1, 2])
+    assert patch_holds_median_image(flat)
+    assert not patch_holds_median_image(replace(flat, median_shape_zyx=[500, 8, 8]))
 
 
 def test_explain_lists_hardware_decisions_summaries_and_warnings():

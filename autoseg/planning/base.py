@@ -28,6 +28,7 @@ from ..schemas import (SCHEMA_VERSION, ChannelNormalization, ConfigurationPlan, 
                        HardwareBudget, NetworkSpec, Plans, ResamplingSpec, stable_hash)
 from ..preprocessing.identity import data_identifier
 from .memory import gflop_per_iteration
+from .sampling import sampling_decision
 from .spacing import (fullres_target_spacing, inverse_permutation, lowres_spacing_step, median_resampled_shape,
                       permute, transpose_order)
 
@@ -166,7 +167,8 @@ class Planner(abc.ABC):
                                                            resampling)
         spec = fingerprint.labels_spec  # every configuration carries how its outputs become a label map
         configs = {k: replace(c, label_spec=spec) for k, c in configs.items()}
-        d_configs = [*d_configs, *label_decisions(fingerprint)]
+        d_configs = [*d_configs, *label_decisions(fingerprint),
+                     *(sampling_decision(fingerprint, c) for c in configs.values())]
         warnings = list(warnings) + self.dataset_warnings(fingerprint, configs)
         logger.debug("planner '%s' planned %s for %s on %s", self.name, ", ".join(configs),
                      fingerprint.dataset_name, budget.device)

@@ -7,7 +7,7 @@ Arrays are opened memory-mapped, lazily, by whichever process samples from them,
 forked into augmentation workers (or pickled) without carrying open files.
 
 Sampling (nnU-Net v2 ``nnUNetDataLoader``): cases are drawn uniformly with replacement; the last
-``n_forced`` samples of a batch (see :func:`forced_foreground_count`) are centred on a stored voxel of a
+``n_forced`` samples of a batch (see :func:`autoseg.planning.sampling.forced_foreground_count`) are centred on a stored voxel of a
 label picked uniformly among the labels present in the case; the others are placed uniformly such that
 the final (centre) crop may reach each border. Parts of a crop outside the image are padded with 0
 (data) and -1 (seg). With ``dims == 2`` one slice along axis 0 is cut (the chosen voxel's slice for
@@ -32,6 +32,7 @@ from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
 
 from ..atomic import read_json
 from ..errors import AutosegError
+from ..planning.sampling import forced_foreground_count  # the rule lives with the plan that explains it
 from ..workdir import Workdir
 
 logger = logging.getLogger(__name__)
@@ -52,20 +53,6 @@ def case_file_paths(preprocessed_dir: str | os.PathLike, case_id: str) -> tuple[
     return (folder / names.case_data_npy("x", case_id).name,
             folder / names.case_seg_npy("x", case_id).name,
             folder / names.case_properties_json("x", case_id).name)
-
-
-def forced_foreground_count(batch_size: int, oversample_fraction: float) -> int:
-    """How many samples (the last ones) of a batch are forced to contain foreground.
-
-    ``round(batch_size * fraction)`` (half rounds up), at least 1 when the fraction is > 0 and the
-    batch has 2 or more samples, at most ``batch_size`` (nnU-Net: batch 2 -> 1 forced sample).
-    """
-    if oversample_fraction <= 0 or batch_size <= 0:
-        return 0
-    n = int(np.floor(batch_size * oversample_fraction + 0.5))
-    if batch_size >= 2:
-        n = max(n, 1)
-    return min(n, batch_size)
 
 
 class PatchDataLoader(SlimDataLoaderBase):
