@@ -7,8 +7,9 @@ Arrays are opened memory-mapped, lazily, by whichever process samples from them,
 forked into augmentation workers (or pickled) without carrying open files.
 
 Sampling (nnU-Net v2 ``nnUNetDataLoader``): cases are drawn uniformly with replacement; the last
-``n_forced`` samples of a batch (see :func:`autoseg.planning.sampling.forced_foreground_count`) are centred on a stored voxel of a
-label picked uniformly among the labels present in the case; the others are placed uniformly such that
+``n_forced`` samples of a batch (:func:`autoseg.planning.sampling.forced_foreground_count`, which the plan's
+``foreground_oversampling`` decision explains) are centred on a stored voxel of a label picked uniformly
+among the labels present in the case; the others are placed uniformly such that
 the final (centre) crop may reach each border. Parts of a crop outside the image are padded with 0
 (data) and -1 (seg). With ``dims == 2`` one slice along axis 0 is cut (the chosen voxel's slice for
 forced samples) and the patches are 2D.
