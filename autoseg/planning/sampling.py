@@ -72,10 +72,11 @@ def sampling_decision(fp: Fingerprint, config: ConfigurationPlan) -> Decision:
     n = forced_foreground_count(batch, fraction)
     names = {ls.label: ls.name for ls in fp.label_stats}
     tiny = tiny_object_labels(fp, config)
+    whole_image = patch_holds_median_image(config)
     reason = (f"{config.name}: {n} of {batch} samples per batch (round({batch} x {fraction:g}), nnU-Net's rule) "
               f"are centred on a voxel of a class drawn uniformly among the classes present in the case, so a "
               f"small class is centred as often as a large one; the rest ({batch - n}) are placed at random.")
-    if patch_holds_median_image(config):
+    if whole_image:
         reason += (f" The patch {config.patch_size} holds the whole median image, so where a sample is centred "
                    f"hardly changes what it sees.")
     if tiny:
@@ -85,4 +86,4 @@ def sampling_decision(fp: Fingerprint, config: ConfigurationPlan) -> Decision:
                    f"which is what learned such classes there.")
     return Decision(f"foreground_oversampling[{config.name}]", fraction, "forced_samples_per_batch", reason,
                     {"batch_size": batch, "forced_samples": n, "tiny_object_labels": sorted(tiny),
-                     "patch_holds_median_image": patch_holds_median_image(config)})
+                     "patch_holds_median_image": whole_image})
