@@ -50,16 +50,11 @@ RECIPES: dict[str, dict[str, Any]] = {
                           "lr_shape": "linear", "warmup_fraction": 0.05},
     "adamw_linear_warmup": {"optimizer": "adamw", "initial_lr": 2e-3, "momentum": 0.9, "weight_decay": 1e-2,
                             "lr_shape": "linear", "warmup_fraction": 0.05},
-    "adamw_linear_warmup_fg66": {"optimizer": "adamw", "initial_lr": 2e-3, "momentum": 0.9, "weight_decay": 1e-2,
-                                 "lr_shape": "linear", "warmup_fraction": 0.05,
-                                 "foreground_oversample_fraction": 0.66},
-    "adamw_linear_warmup_fg100": {"optimizer": "adamw", "initial_lr": 2e-3, "momentum": 0.9, "weight_decay": 1e-2,
-                                  "lr_shape": "linear", "warmup_fraction": 0.05,
-                                  "foreground_oversample_fraction": 1.0},
-    "sgd_linear_warmup_fg66": {"optimizer": "sgd", "initial_lr": 0.01, "momentum": 0.99, "weight_decay": 3e-5,
-                               "lr_shape": "linear", "warmup_fraction": 0.05,
-                               "foreground_oversample_fraction": 0.66},
 }
+# variants that change only the share of each batch centred on foreground
+RECIPES["adamw_linear_warmup_fg66"] = {**RECIPES["adamw_linear_warmup"], "foreground_oversample_fraction": 0.66}
+RECIPES["adamw_linear_warmup_fg100"] = {**RECIPES["adamw_linear_warmup"], "foreground_oversample_fraction": 1.0}
+RECIPES["sgd_linear_warmup_fg66"] = {**RECIPES["sgd_linear_warmup"], "foreground_oversample_fraction": 0.66}
 ITERATIONS_PER_EPOCH = 50
 
 
