@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/dice_vs_budget.py --dataset ../shared/data/Dataset102_Hippocampus \\
         --budgets 5m 10m 20m [--fold 0] [--out bench_out/dice_vs_budget/hippocampus] [--skip-nnunet]
     .venv/bin/python benchmarks/dice_vs_budget.py --report-only --out bench_out/dice_vs_budget/hippocampus
+    ... --earlier 20m autoseg docs/benchmarks/X.json --earlier 20m nnunet docs/benchmarks/Y.json
 
 For each budget, ``train_side_by_side.py`` trains autoseg and then nnU-Net v2 (its own virtual
 environment) on the same fold of the same splits with that budget, one after the other, and writes
@@ -12,18 +13,24 @@ it). Then ``OUT/dice_vs_budget.md`` (the table: mean foreground Dice per tool an
 difference, iterations and wall times) and ``OUT/dice_vs_budget.png`` (Dice against minutes, one line
 per tool, plus nnU-Net's published full-budget figure where benchmarks/published.py has one).
 
+``--earlier BUDGET TOOL FILE`` puts a measurement made before (by ``train_side_by_side.py``, whose
+``report.json`` or per-tool result file it reads, or by ``busy_machine.py``) into the curve instead of
+training that tool again at that budget; it is copied to ``OUT/<budget>/earlier_<tool>.json`` and the
+table names its file and date, so a row never hides that its two sides were measured apart.
+
 Run it alone on the machine: the trainings are timed, and anything else running costs iterations.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import dataset_unless_report_only, parse_duration, read_json, write_json  # noqa: E402
+from bench_common import BenchError, dataset_unless_report_only, parse_duration, read_json, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,18 +39,67 @@ def _mean(side: dict[str, Any] | None) -> float | None:
     return None if not side else side.get("dice_mean")
 
 
+TOOLS = ("autoseg", "nnunet")
+
+
+def earlier_side(path: Path, tool: str) -> dict[str, Any]:
+    """One tool's result from a file written by an earlier benchmark, in the side-by-side result's keys
+    (``dice_mean``, ``iterations_done``, ``train_seconds``) plus ``source`` and ``date``.
+
+    Reads a ``train_side_by_side.py`` report.json (its ``tool`` entry), a per-tool result file
+    (``autoseg_result.json``, ``nnunet/result.json``) or a ``busy_machine.py`` result."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--earlier {tool} {path}: cannot read it as JSON ({e})") from None
+    date = data.get("date") if isinstance(data, dict) else None
+    if isinstance(data, dict) and isinstance(data.get(tool), dict):
+        data = data[tool]
+    if not isinstance(data, dict):
+        raise SystemExit(f"--earlier {tool} {path}: not a benchmark result (a JSON object is expected)")
+    if "dice_mean" in data:
+        side = dict(data)
+    elif "foreground_dice" in data:  # busy_machine.py
+        side = {"dice_mean": data["foreground_dice"], "iterations_done": data.get("iterations"),
+                "train_seconds": data.get("wall_s"), "code": data.get("code")}
+    else:
+        raise SystemExit(f"--earlier {tool} {path}: no Dice in it (expected a train_side_by_side.py report or "
+                         f"result, or a busy_machine.py result)")
+    side["source"] = str(path)
+    side["date"] = str(data.get("date") or date or "date not recorded")
+    return side
+
+
 def collect(out: Path) -> list[dict[str, Any]]:
-    """One row per budget folder holding a report.json, sorted by budget."""
+    """One row per budget folder holding a report.json or earlier_<tool>.json, sorted by budget; an earlier
+    measurement fills a side the folder's own report lacks."""
     rows = []
-    for report_path in sorted(out.glob("*/report.json")):
-        r = read_json(report_path)
-        a, n = r.get("autoseg") or {}, r.get("nnunet") or {}
-        rows.append({"budget": r["budget"], "budget_s": parse_duration(r["budget"]), "dataset": r["dataset"],
-                     "configuration": r.get("configuration"), "fold": r.get("fold"), "date": r.get("date"),
+    for folder in sorted(p for p in out.iterdir() if p.is_dir()):
+        try:
+            budget_s = parse_duration(folder.name)
+        except BenchError:
+            continue  # not a budget folder
+        report = read_json(folder / "report.json") if (folder / "report.json").exists() else {}
+        sides = {tool: report.get(tool) or {} for tool in TOOLS}
+        errors = dict(report.get("errors") or {})
+        sources = {}
+        for tool in TOOLS:
+            earlier = folder / f"earlier_{tool}.json"
+            if earlier.exists() and sides[tool].get("dice_mean") is None:
+                sides[tool] = read_json(earlier)
+                errors.pop(tool, None)
+                sources[tool] = f"{sides[tool]['source']} ({sides[tool]['date']})"
+        if not report and not sources:
+            continue
+        meta = report or next(read_json(folder / f"earlier_{t}.json") for t in TOOLS if t in sources)
+        a, n = sides["autoseg"], sides["nnunet"]
+        rows.append({"budget": report.get("budget", folder.name), "budget_s": budget_s,
+                     "dataset": meta.get("dataset"), "configuration": meta.get("configuration"),
+                     "fold": meta.get("fold"), "date": report.get("date"),
                      "autoseg_dice": _mean(a), "nnunet_dice": _mean(n),
                      "autoseg_iterations": a.get("iterations_done"), "nnunet_iterations": n.get("iterations_done"),
                      "autoseg_train_s": a.get("train_seconds"), "nnunet_train_s": n.get("train_seconds"),
-                     "errors": r.get("errors") or {}})
+                     "sources": sources, "errors": errors})
     return sorted(rows, key=lambda row: row["budget_s"])
 
 
@@ -66,6 +122,10 @@ def write_report(out: Path, rows: list[dict[str, Any]]) -> None:
                      f"{'–' if diff is None else f'{diff:+.4f}'} | {_fmt(r['autoseg_iterations'])} | "
                      f"{_fmt(r['nnunet_iterations'])} | {_fmt(r['autoseg_train_s'], 0)} | "
                      f"{_fmt(r['nnunet_train_s'], 0)} |")
+    earlier = [f"- {r['budget']}, {tool}: measured earlier, taken from {src}" for r in rows
+               for tool, src in r.get("sources", {}).items()]
+    if earlier:
+        lines += ["", "Rows not trained by this run (`--earlier`):", *earlier]
     errors = [f"- {r['budget']}: {side}: {msg}" for r in rows for side, msg in r["errors"].items()]
     if errors:
         lines += ["", "Errors:", *errors]
@@ -85,7 +145,12 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
     for key, label, marker in (("autoseg_dice", "autoseg", "o"), ("nnunet_dice", "nnU-Net v2", "s")):
         pts = [(r["budget_s"] / 60, r[key]) for r in rows if r[key] is not None]
         if pts:
-            ax.plot(*zip(*pts), marker=marker, label=label)
+            line, = ax.plot(*zip(*pts), marker=marker, label=label)
+            tool = key.split("_")[0]
+            old = [(r["budget_s"] / 60, r[key]) for r in rows if r[key] is not None and tool in r.get("sources", {})]
+            if old:  # measured earlier (--earlier): drawn open, and said so in the legend
+                ax.plot(*zip(*old), marker=marker, linestyle="none", markersize=9, markerfacecolor="white",
+                        color=line.get_color(), label=f"{label}, measured earlier")
     from published import published_for
 
     for row in published_for(rows[0]["dataset"])[:1]:  # the first published full-budget figure, labelled so
@@ -114,18 +179,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--skip-nnunet", action="store_true", help="autoseg only (nnU-Net columns stay empty)")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the table and plot")
+    ap.add_argument("--earlier", nargs=3, action="append", default=[], metavar=("BUDGET", "TOOL", "FILE"),
+                    help="take TOOL's (autoseg or nnunet) point at BUDGET from FILE, an earlier measurement, "
+                         "instead of training it; repeatable")
+    ap.add_argument("--venv", default=None, help="nnU-Net's virtual environment (train_side_by_side.py's default "
+                                                 "if not given)")
     args = ap.parse_args(argv)
     out = args.out.resolve()
     dataset = dataset_unless_report_only(ap, args)
+    earlier_tools: dict[str, set[str]] = {}
+    for budget, tool, file in args.earlier:
+        if tool not in TOOLS:
+            ap.error(f"--earlier {budget} {tool} {file}: TOOL must be one of {', '.join(TOOLS)}")
+        try:
+            parse_duration(budget)
+        except BenchError as e:
+            ap.error(f"--earlier {budget} {tool} {file}: {e}")
+        side = earlier_side(Path(file), tool)
+        (out / budget).mkdir(parents=True, exist_ok=True)
+        write_json(out / budget / f"earlier_{tool}.json", side)
+        earlier_tools.setdefault(budget, set()).add(tool)
     if dataset is not None:
-        for budget in sorted(args.budgets, key=parse_duration):
+        for budget in sorted(set(args.budgets) | set(earlier_tools), key=parse_duration):
             folder = out / budget
-            if (folder / "report.json").exists():
-                print(f"[skip] {budget}: {folder / 'report.json'} exists")
+            skip = earlier_tools.get(budget, set()) | ({"nnunet"} if args.skip_nnunet else set())
+            if (folder / "report.json").exists() or skip == set(TOOLS):
+                print(f"[skip] {budget}: " + (f"{folder / 'report.json'} exists" if skip != set(TOOLS)
+                                               else "both tools taken from --earlier"))
                 continue
             cmd = [sys.executable, str(REPO / "benchmarks" / "train_side_by_side.py"), "--dataset", str(dataset),
                    "--budget", budget, "--fold", str(args.fold), "--configuration", args.configuration,
-                   "--out", str(folder), *(["--skip-nnunet"] if args.skip_nnunet else [])]
+                   "--out", str(folder), *[f"--skip-{tool}" for tool in TOOLS if tool in skip],
+                   *(["--venv", args.venv] if args.venv else [])]
             print("$ " + " ".join(cmd), flush=True)
             subprocess.run(cmd, check=False)
     write_report(out, collect(out))

@@ -262,6 +262,34 @@ def test_dice_vs_budget_table_and_plot_from_side_by_side_reports(tmp_path):
     assert json.loads((tmp_path / "dice_vs_budget.json").read_text())[0]["budget_s"] == 300
 
 
+def test_dice_vs_budget_takes_an_earlier_measurement_and_says_so(tmp_path):
+    import dice_vs_budget as dvb
+
+    out = tmp_path / "out"
+    (out / "5m").mkdir(parents=True)
+    (out / "5m" / "report.json").write_text(json.dumps(
+        {"dataset": "Dataset102_Hippocampus", "configuration": "3d_fullres", "fold": 0, "budget": "5m",
+         "autoseg": {"dice_mean": 0.80, "iterations_done": 250, "train_seconds": 299.0},
+         "nnunet": {"dice_mean": 0.10, "iterations_done": 25, "train_seconds": 280.0}, "errors": {}}))
+    busy = tmp_path / "quiet.json"  # a busy_machine.py result
+    busy.write_text(json.dumps({"foreground_dice": 0.872, "iterations": 975, "wall_s": 1199.6,
+                                "date": "2026-11-30", "code": "4cef8e9"}))
+    side_by_side = tmp_path / "old_report.json"  # a train_side_by_side.py report: its nnunet side only
+    side_by_side.write_text(json.dumps({"date": "2026-11-24", "autoseg": {"dice_mean": 0.79},
+                                        "nnunet": {"dice_mean": 0.31, "iterations_done": 75,
+                                                   "train_seconds": 843.7}}))
+    assert dvb.main(["--report-only", "--out", str(out), "--earlier", "20m", "autoseg", str(busy),
+                     "--earlier", "20m", "nnunet", str(side_by_side)]) == 0
+    table = (out / "dice_vs_budget.md").read_text()
+    assert "| 20m | 0.8720 | 0.3100 | +0.5620 | 975 | 75 | 1200 | 844 |" in table
+    assert f"20m, autoseg: measured earlier, taken from {busy} (2026-11-30)" in table
+    assert f"20m, nnunet: measured earlier, taken from {side_by_side} (2026-11-24)" in table
+    assert "5m, " not in table.split("Rows not trained")[1]  # the 5m row was measured by the run itself
+    (tmp_path / "empty.json").write_text("{}")
+    with pytest.raises(SystemExit, match="no Dice in it"):
+        dvb.main(["--report-only", "--out", str(out), "--earlier", "10m", "nnunet", str(tmp_path / "empty.json")])
+
+
 def test_gpu_check_table_and_its_refusal_without_cuda(capsys):
     import gpu_check
     import torch
