@@ -55,6 +55,10 @@ RECIPES: dict[str, dict[str, Any]] = {
 RECIPES["adamw_linear_warmup_fg66"] = {**RECIPES["adamw_linear_warmup"], "foreground_oversample_fraction": 0.66}
 RECIPES["adamw_linear_warmup_fg100"] = {**RECIPES["adamw_linear_warmup"], "foreground_oversample_fraction": 1.0}
 RECIPES["sgd_linear_warmup_fg66"] = {**RECIPES["sgd_linear_warmup"], "foreground_oversample_fraction": 0.66}
+# variants of the short recipe that change only the loss: Dice per sample instead of over the batch, and the
+# full-resolution output alone instead of nnU-Net's deep-supervision weights (decay 0.5)
+RECIPES["adamw_linear_warmup_sample_dice"] = {**RECIPES["adamw_linear_warmup"], "batch_dice": False}
+RECIPES["adamw_linear_warmup_no_ds"] = {**RECIPES["adamw_linear_warmup"], "deep_supervision_decay": 0.0}
 ITERATIONS_PER_EPOCH = 50
 
 

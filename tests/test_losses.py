@@ -87,6 +87,29 @@ def test_deep_supervision_weights():
     assert deep_supervision_weights(1) == [1.0]
     with pytest.raises(ValueError):
         deep_supervision_weights(0)
+    assert deep_supervision_weights(4, decay=0.0) == [1.0, 0.0, 0.0, 0.0]  # full resolution alone
+    assert deep_supervision_weights(3, decay=1.0) == [0.5, 0.5, 0.0]  # equal, coarsest still 0
+    with pytest.raises(ValueError, match="decay"):
+        deep_supervision_weights(3, decay=1.5)
+
+
+def test_the_trainer_takes_batch_dice_and_the_supervision_decay_from_its_settings(tmp_path, monkeypatch):
+    import dataclasses
+
+    import autoseg.training.trainer as trainer_module
+    from tests.conftest import tiny_training
+
+    decays: list[float] = []  # the tiny plan has one output only: record what the trainer asks for
+    monkeypatch.setattr(trainer_module, "deep_supervision_weights",
+                        lambda n, decay=0.5: decays.append(decay) or deep_supervision_weights(n, decay))
+    wd, config, settings, train_ids, val_ids = tiny_training(tmp_path, "Dataset014_Loss", {
+        "epochs": 1, "iterations_per_epoch": 1, "validation_iterations_per_epoch": 1})
+    assert config.network.deep_supervision
+    default = trainer_module.Trainer(wd, config, settings, train_ids, val_ids, progress=False)
+    assert default.loss.loss.batch_dice is True and decays == [0.5]  # nnU-Net's
+    changed = trainer_module.Trainer(wd, config, dataclasses.replace(
+        settings, batch_dice=False, deep_supervision_decay=0.0), train_ids, val_ids, progress=False)
+    assert changed.loss.loss.batch_dice is False and decays == [0.5, 0.0]
 
 
 def test_deep_supervision_loss_sums_and_skips_zero_weights():

@@ -43,6 +43,10 @@ class TrainingSettings:
     recipe_reason: str = ""  # why (chosen from the iterations the training is expected to run, or --recipe)
     pretrained: str | None = None  # fine-tuning: start the first run from this checkpoint / fold folder's weights
     world_size: int = 1  # processes training this fold data-parallel (torchrun); batch_size is their global batch
+    batch_dice: bool = True  # the Dice term over the whole batch (nnU-Net's) or per sample, then averaged
+    # weight of deep-supervision output i (0: full resolution) ∝ decay**i, the coarsest 0, normalised (nnU-Net:
+    # 0.5); 0 trains the full-resolution output alone (no deep supervision)
+    deep_supervision_decay: float = 0.5
 
     _migrate = staticmethod(lambda data: _renamed(data, plans_hash="configuration_hash"))
 

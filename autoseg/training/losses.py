@@ -123,17 +123,20 @@ class DiceCELoss(nn.Module):
             return total
 
 
-def deep_supervision_weights(n_outputs: int) -> list[float]:
-    """nnU-Net's weights for ``n_outputs`` outputs (highest resolution first).
+def deep_supervision_weights(n_outputs: int, decay: float = 0.5) -> list[float]:
+    """Weights for ``n_outputs`` outputs (highest resolution first); nnU-Net's with the default ``decay``.
 
-    ``1 / 2**i``, the last (coarsest) set to 0, normalised to sum 1; e.g. 4 outputs give
-    ``[4/7, 2/7, 1/7, 0]``. A single output gets weight 1.
+    ``decay**i``, the last (coarsest) set to 0, normalised to sum 1; e.g. 4 outputs and decay 0.5 give
+    ``[4/7, 2/7, 1/7, 0]``; decay 0 gives ``[1, 0, 0, 0]`` (the full-resolution output alone). A single
+    output gets weight 1.
     """
     if n_outputs < 1:
         raise ValueError(f"n_outputs must be >= 1, found {n_outputs}")
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"the deep-supervision decay must be in [0, 1], found {decay}")
     if n_outputs == 1:
         return [1.0]
-    w = [1.0 / 2 ** i for i in range(n_outputs)]
+    w = [decay ** i for i in range(n_outputs)]
     w[-1] = 0.0
     s = sum(w)
     return [v / s for v in w]

@@ -106,8 +106,9 @@ class Trainer:
         self._saved_scaler: dict | None = None  # a resumed checkpoint's scaler state
         n_out = len(config.network.features_per_stage) - 1
         self.ds_scales = deep_supervision_scales(config.network.strides, n_out)
-        weights = deep_supervision_weights(n_out) if config.network.deep_supervision else [1.0]
-        base = make_loss(config.labels, batch_dice=True)  # nnU-Net: batch Dice; regions: Dice + BCE
+        weights = (deep_supervision_weights(n_out, settings.deep_supervision_decay)
+                   if config.network.deep_supervision else [1.0])
+        base = make_loss(config.labels, batch_dice=settings.batch_dice)  # nnU-Net: batch Dice; regions: Dice + BCE
         self.loss = DeepSupervisionLoss(base, weights) if config.network.deep_supervision else base
         self.control = (BudgetController(settings.time_budget_s) if settings.time_budget_s is not None
                         else EpochControl())
