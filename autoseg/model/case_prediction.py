@@ -3,7 +3,6 @@ probabilities at the case's original geometry. Shared by a fold's final validati
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..schemas import CaseProperties, ConfigurationPlan
 from .export import logits_to_original_probabilities
