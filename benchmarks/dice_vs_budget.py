@@ -91,7 +91,8 @@ def collect(out: Path) -> list[dict[str, Any]]:
                 sources[tool] = f"{sides[tool]['source']} ({sides[tool]['date']})"
         if not report and not sources:
             continue
-        meta = report or next(read_json(folder / f"earlier_{t}.json") for t in TOOLS if t in sources)
+        # what was trained: the report's, else an earlier side's that says (a busy_machine.py result does not)
+        meta = report or next((sides[t] for t in TOOLS if t in sources and sides[t].get("dataset")), {})
         a, n = sides["autoseg"], sides["nnunet"]
         rows.append({"budget": report.get("budget", folder.name), "budget_s": budget_s,
                      "dataset": meta.get("dataset"), "configuration": meta.get("configuration"),
@@ -110,7 +111,7 @@ def _fmt(v: Any, digits: int = 4) -> str:
 def write_report(out: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         raise SystemExit(f"no */report.json under {out}: run the budgets first")
-    first = rows[0]
+    first = next((r for r in rows if r["dataset"]), rows[0])
     lines = [f"# Dice against the budget: {first['dataset']} {first['configuration']} fold {first['fold']}", "",
              "| budget | autoseg Dice | nnU-Net v2 Dice | autoseg − nnU-Net | autoseg iterations | "
              "nnU-Net iterations | autoseg train s | nnU-Net train s |",
@@ -153,7 +154,8 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
                         color=line.get_color(), label=f"{label}, measured earlier")
     from published import published_for
 
-    for row in published_for(rows[0]["dataset"])[:1]:  # the first published full-budget figure, labelled so
+    first = next((r for r in rows if r["dataset"]), rows[0])
+    for row in published_for(first["dataset"] or "")[:1]:  # the first published full-budget figure, labelled so
         try:
             value = float(row["value"]) / (100.0 if "%" in row.get("metric", "") else 1.0)
         except (TypeError, ValueError):
@@ -161,7 +163,7 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
         ax.axhline(value, color="grey", linestyle="--", label=f"{row['method']} (published): {value:.3f}")
     ax.set_xlabel("wall-clock budget per training (minutes)")
     ax.set_ylabel("mean foreground Dice, fold validation")
-    ax.set_title(f"{rows[0]['dataset']} {rows[0]['configuration']} fold {rows[0]['fold']}")
+    ax.set_title(f"{first['dataset']} {first['configuration']} fold {first['fold']}")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend()
