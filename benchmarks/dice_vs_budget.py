@@ -74,8 +74,8 @@ def earlier_side(path: Path, tool: str) -> dict[str, Any]:
 def collect(out: Path) -> list[dict[str, Any]]:
     """One row per budget folder holding a report.json or earlier_<tool>.json, sorted by budget; an earlier
     measurement fills a side the folder's own report lacks."""
-    rows = []
-    for folder in sorted(p for p in out.iterdir() if p.is_dir()):
+    rows: list[dict[str, Any]] = []
+    for folder in sorted(p for p in (out.iterdir() if out.is_dir() else ()) if p.is_dir()):
         try:
             budget_s = parse_duration(folder.name)
         except BenchError:
@@ -111,7 +111,7 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 def write_report(out: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
-        raise SystemExit(f"no */report.json under {out}: run the budgets first")
+        raise SystemExit(f"no */report.json or */earlier_*.json under {out}: run the budgets first")
     first = next((r for r in rows if r["dataset"]), rows[0])
     lines = [f"# Dice against the budget: {first['dataset']} {first['configuration']} fold {first['fold']}", "",
              "| budget | autoseg Dice | nnU-Net v2 Dice | autoseg − nnU-Net | autoseg iterations | "
