@@ -23,7 +23,6 @@ Run it alone on the machine: the trainings are timed, and anything else running 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import sys
@@ -50,7 +49,7 @@ def earlier_side(path: Path, tool: str) -> dict[str, Any]:
     Reads a ``train_side_by_side.py`` report.json (its ``tool`` entry), a per-tool result file
     (``autoseg_result.json``, ``nnunet/result.json``) or a ``busy_machine.py`` result."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = read_json(path)
     except (OSError, ValueError) as e:
         raise SystemExit(f"--earlier {tool} {path}: cannot read it as JSON ({e})") from None
     date = data.get("date") if isinstance(data, dict) else None
@@ -109,10 +108,15 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return "–" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
 
 
+def _described(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first row that names its dataset (a row made only of busy_machine.py results does not)."""
+    return next((r for r in rows if r["dataset"]), rows[0])
+
+
 def write_report(out: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         raise SystemExit(f"no */report.json or */earlier_*.json under {out}: run the budgets first")
-    first = next((r for r in rows if r["dataset"]), rows[0])
+    first = _described(rows)
     lines = [f"# Dice against the budget: {first['dataset']} {first['configuration']} fold {first['fold']}", "",
              "| budget | autoseg Dice | nnU-Net v2 Dice | autoseg − nnU-Net | autoseg iterations | "
              "nnU-Net iterations | autoseg train s | nnU-Net train s |",
@@ -144,18 +148,18 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, label, marker in (("autoseg_dice", "autoseg", "o"), ("nnunet_dice", "nnU-Net v2", "s")):
+    for tool, label, marker in (("autoseg", "autoseg", "o"), ("nnunet", "nnU-Net v2", "s")):
+        key = f"{tool}_dice"
         pts = [(r["budget_s"] / 60, r[key]) for r in rows if r[key] is not None]
         if pts:
             line, = ax.plot(*zip(*pts), marker=marker, label=label)
-            tool = key.split("_")[0]
             old = [(r["budget_s"] / 60, r[key]) for r in rows if r[key] is not None and tool in r.get("sources", {})]
             if old:  # measured earlier (--earlier): drawn open, and said so in the legend
                 ax.plot(*zip(*old), marker=marker, linestyle="none", markersize=9, markerfacecolor="white",
                         color=line.get_color(), label=f"{label}, measured earlier")
     from published import published_for
 
-    first = next((r for r in rows if r["dataset"]), rows[0])
+    first = _described(rows)
     for row in published_for(first["dataset"] or ""):  # the first published full-budget figure with a number
         numbers = [float(x) for x in re.findall(r"\d+(?:\.\d+)?", str(row.get("value", "")))]
         if not numbers:
