@@ -2,7 +2,8 @@
 """Which training recipe learns most in a short budget: a study over datasets, folds and budgets.
 
     python benchmarks/recipe_study.py --budget 5m --folds 0 1 --jobs 2 --out bench_out/recipe_study
-    python benchmarks/recipe_study.py --report bench_out/recipe_study     # table only
+    python benchmarks/recipe_study.py --report bench_out/recipe_study     # tables and plot only
+    python benchmarks/recipe_study.py --report docs/benchmarks/recipe_study.json   # the grid of a results file
 
 For every dataset (the two real ones in ../shared/data, skipped with a message when missing, and three
 synthetic kinds written here: a 2D RGB set, an anisotropic 3D set and a 3D set of seven small
@@ -179,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the cores to pin cells to (default 0..jobs-1); one core each with one thread")
     ap.add_argument("--train-share", type=float, default=0.87)
     ap.add_argument("--out", type=Path, default=REPO / "bench_out" / "recipe_study")
-    ap.add_argument("--report", type=Path, default=None, help="only write the table from OUT/results.json")
+    ap.add_argument("--report", type=Path, default=None,
+                    help="only the report: a study folder (OUT/results.json -> OUT/recipe_study.md and .png) or a "
+                         "results JSON file (the grid table printed, the plot written next to the file)")
     ap.add_argument("--cell", nargs=4, metavar=("WORKDIR", "CONFIGURATION", "FOLD", "OVERRIDES_JSON"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -187,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         run_cell(Path(args.cell[0]), args.cell[1], args.cell[2], json.loads(args.cell[3]))
         return 0
     if args.report:
-        write_report(args.report)
-        return 0
+        return report_only(args.report)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
@@ -262,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_report(out: Path) -> None:
-    """OUT/recipe_study.md: mean foreground Dice per dataset x recipe (mean over folds), per budget."""
+    """OUT/recipe_study.md: mean foreground Dice per dataset x recipe (mean over folds), per budget, then the
+    grid of the two main recipes fold by fold; OUT/recipe_study.png: the same grid as a picture."""
     results = json.loads((out / "results.json").read_text())
     recipes = [r for r in RECIPES if any(x["recipe"] == r for x in results)]
     lines = ["| dataset | budget | iterations | " + " | ".join(recipes) + " |",
@@ -277,8 +280,146 @@ def write_report(out: Path) -> None:
             folds = ",".join(sorted(r["fold"] for r in rows if r.get("dice") is not None))
             cells.append(f"{statistics.mean(dice):.4f} (folds {folds})" if dice else "–")
         lines.append(f"| {name} | {budget} | {its} | " + " | ".join(cells) + " |")
+    lines += ["", *grid_table(results)]
     (out / "recipe_study.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if any(r["recipe"] in (SHORT, BASE) and r.get("dice") is not None for r in results):
+        plot_grid(results, out / "recipe_study.png")
 
+
+def report_only(path: Path) -> int:
+    """--report: the tables and plot from finished cells, nothing trained."""
+    results_file = path / "results.json" if path.is_dir() else path
+    if not results_file.is_file():
+        print(f"error: {results_file} does not exist: give a study folder (--out of an earlier run) or its "
+              "results JSON file", file=sys.stderr)
+        return 2
+    try:
+        results = json.loads(results_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print(f"error: {results_file} is not readable JSON ({exc}): run the study again or restore the file",
+              file=sys.stderr)
+        return 2
+    if path.is_dir():
+        write_report(path)
+        print(f"wrote {path / 'recipe_study.md'}")
+        return 0
+    print("\n".join(grid_table(results)))
+    if any(r.get("recipe") in (SHORT, BASE) and r.get("dice") is not None for r in results):
+        plot_grid(results, path.with_suffix(".png"))
+        print(f"\nwrote {path.with_suffix('.png')}")
+    return 0
+
+
+#: the two recipes the grid compares: autoseg's short recipe and nnU-Net's
+SHORT, BASE = "adamw_linear_warmup", "nnunet"
+
+
+def _grid(results: list[dict[str, Any]]) -> tuple[list[str], list[tuple[float, str]], list[str],
+                                                   dict[tuple[str, str, str], dict[str, dict[str, Any]]]]:
+    """Datasets, budgets and folds the records cover, and {(dataset, budget, fold): {recipe: record}} (the
+    last record of a cell wins: a cell run again, e.g. as a control, replaces the earlier one)."""
+    usable = [r for r in results if r.get("dice") is not None and r["recipe"] in (SHORT, BASE)]
+    order = [d.name for d in DATASETS]
+    datasets = sorted({r["dataset"] for r in usable},
+                      key=lambda n: (order.index(n) if n in order else len(order), n))
+    budgets = sorted({(float(r["budget_s"]), r["budget"]) for r in usable})
+    folds = sorted({str(r["fold"]) for r in usable})
+    cells: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
+    for r in usable:
+        cells.setdefault((r["dataset"], r["budget"], str(r["fold"])), {})[r["recipe"]] = r
+    return datasets, budgets, folds, cells
+
+
+def grid_table(results: list[dict[str, Any]]) -> list[str]:
+    """Markdown: the short recipe against nnU-Net's, cell by cell (dataset x budget x fold), a summary per
+    budget, and the cells of that grid not measured yet. A record with a ``schedule`` other than the
+    iteration count (an earlier real-time run) is marked with a dagger and named under the table."""
+    datasets, budgets, folds, cells = _grid(results)
+    if not cells:
+        return ["No cell of the short recipe or nnU-Net's has a Dice yet."]
+    lines = [f"| budget | dataset | fold | iterations | `{BASE}` | `short` ({SHORT}) | short − nnunet |",
+             "|---|---|---|---|---|---|---|"]
+    missing, notes = [], []
+    for _, budget in budgets:
+        diffs = []
+        for name in datasets:
+            for fold in folds:
+                pair = cells.get((name, budget, fold), {})
+                if len(pair) < 2:
+                    lacking = [f"`{rec}`" for rec in (BASE, SHORT) if rec not in pair]
+                    missing.append(f"{name} {budget} fold {fold}" + ("" if not pair else f" ({lacking[0]})"))
+                    if not pair:
+                        continue
+                shown = []
+                for rec in (BASE, SHORT):
+                    r = pair.get(rec)
+                    if r is None:
+                        shown.append("–")
+                        continue
+                    mark = ""
+                    if r.get("schedule"):
+                        mark = " †"
+                        notes.append(f"- † {name} {budget} fold {fold} `{rec}`: {r['schedule']} ({r.get('source', '')})")
+                    shown.append(f"{r['dice']:.4f}{mark}")
+                its = list(dict.fromkeys(str(pair[rec].get("iterations") or pair[rec].get("planned_iterations"))
+                                         for rec in (BASE, SHORT) if rec in pair))  # nnunet's, then short's
+                diff = pair[SHORT]["dice"] - pair[BASE]["dice"] if len(pair) == 2 else None
+                if diff is not None:
+                    diffs.append(diff)
+                lines.append(f"| {budget} | {name} | {fold} | {' / '.join(its)} | {shown[0]} | {shown[1]} | "
+                             + (f"{diff:+.4f}" if diff is not None else "–") + " |")
+        if diffs:
+            worse = sum(d < -0.01 for d in diffs)
+            lines.append(f"| **{budget}** | {len(diffs)} pairs | | | | | mean {statistics.mean(diffs):+.4f}, "
+                         f"min {min(diffs):+.4f}, {worse} worse by more than 0.01 |")
+    if notes:
+        lines += [""] + notes
+    if missing:
+        lines += ["", f"Not measured yet ({len(missing)} of {len(datasets) * len(budgets) * len(folds)} "
+                  "dataset × budget × fold pairs of this grid): " + ", ".join(missing) + "."]
+    return lines
+
+
+def plot_grid(results: list[dict[str, Any]], path: Path) -> None:
+    """One panel per dataset: Dice against the budget for the two recipes, each fold a marker, the line
+    through the mean over the folds measured at that budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets, budgets, folds, cells = _grid(results)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3.6), squeeze=False)
+    markers = "osD^v"
+    for ax, name in zip(axes[0], datasets):
+        for rec, label, colour in ((BASE, "nnU-Net's recipe", "tab:orange"), (SHORT, "short recipe", "tab:blue")):
+            means = []
+            for budget_s, budget in budgets:
+                pts = [(fold, cells[(name, budget, fold)][rec]) for fold in folds
+                       if rec in cells.get((name, budget, fold), {})]
+                for fold, r in pts:
+                    m = markers[folds.index(fold) % len(markers)]
+                    ax.plot(budget_s / 60, r["dice"], m, color=colour, alpha=0.7,
+                            markerfacecolor="white" if r.get("schedule") else colour)
+                if pts:
+                    means.append((budget_s / 60, statistics.mean(r["dice"] for _, r in pts)))
+            if means:
+                ax.plot(*zip(*means), "-", color=colour, label=label)
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks([b / 60 for b, _ in budgets])
+        ax.set_xlabel("budget (minutes)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("mean foreground Dice, fold validation")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles += [plt.Line2D([], [], marker=markers[i % len(markers)], color="grey", linestyle="none")
+                for i in range(len(folds))]
+    labels += [f"fold {f}" for f in folds]
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.suptitle("short recipe against nnU-Net's, same plan, split, seed and iterations (open: real-time run)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -290,6 +290,42 @@ def test_dice_vs_budget_takes_an_earlier_measurement_and_says_so(tmp_path):
         dvb.main(["--report-only", "--out", str(out), "--earlier", "10m", "nnunet", str(tmp_path / "empty.json")])
 
 
+def test_recipe_study_grid_pairs_the_two_recipes_marks_real_time_runs_and_lists_the_gaps(tmp_path, capsys):
+    import recipe_study as rs
+
+    def cell(ds, budget, fold, recipe, dice, **extra):
+        return {"dataset": ds, "budget": budget, "budget_s": rs.parse_duration(budget), "fold": fold,
+                "recipe": recipe, "dice": dice, "iterations": 1000, **extra}
+
+    results = [cell("Hippocampus", "5m", "0", "nnunet", 0.85), cell("Hippocampus", "5m", "0", rs.SHORT, 0.86),
+               cell("Hippocampus", "5m", "1", "nnunet", 0.85), cell("Hippocampus", "5m", "1", rs.SHORT, 0.80),
+               cell("Hippocampus", "20m", "0", rs.SHORT, 0.87, schedule="real time", source="q.json"),
+               cell("Hippocampus", "20m", "0", "nnunet", 0.86),
+               cell("syn3d_small7", "5m", "0", rs.SHORT, 0.70), cell("syn3d_small7", "5m", "0", rs.SHORT, 0.83),
+               cell("syn3d_small7", "5m", "0", "nnunet", 0.5), cell("syn3d_small7", "5m", "1", "nnunet", 0.4),
+               cell("syn3d_small7", "5m", "0", "adamw_linear_warmup_no_ds", 0.99),  # not in the grid
+               cell("syn3d_small7", "20m", "0", "nnunet", None)]  # failed: no Dice, not a measurement
+    table = "\n".join(rs.grid_table(results))
+    assert "| 5m | Hippocampus | 0 | 1000 | 0.8500 | 0.8600 | +0.0100 |" in table
+    assert "| 5m | syn3d_small7 | 0 | 1000 | 0.5000 | 0.8300 | +0.3300 |" in table  # the later record wins
+    assert "| 20m | Hippocampus | 0 | 1000 | 0.8600 | 0.8700 † | +0.0100 |" in table
+    assert "- † Hippocampus 20m fold 0 `adamw_linear_warmup`: real time (q.json)" in table
+    assert "| **5m** | 3 pairs | | | | | mean +0.0967, min -0.0500, 1 worse by more than 0.01 |" in table
+    assert "0.99" not in table
+    # the grid is 2 datasets x 2 budgets x 2 folds; four pairs are missing (one half, one failed)
+    assert ("Not measured yet (4 of 8 dataset × budget × fold pairs of this grid): syn3d_small7 5m fold 1 "
+            "(`adamw_linear_warmup`), Hippocampus 20m fold 1, syn3d_small7 20m fold 0, syn3d_small7 20m fold 1."
+            ) in table
+    # --report on a results file prints the grid and draws it next to the file; a missing file is one line
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    assert rs.main(["--report", str(path)]) == 0
+    assert "| 5m | Hippocampus | 1 |" in capsys.readouterr().out
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert rs.main(["--report", str(tmp_path / "nope.json")]) == 2
+    assert "nope.json does not exist" in capsys.readouterr().err
+
+
 def test_gpu_check_table_and_its_refusal_without_cuda(capsys):
     import gpu_check
     import torch
