@@ -157,7 +157,9 @@ TINY_TRAINING = {"time_budget_s": None, "epochs": 1, "iterations_per_epoch": 2, 
 def test_demo_runs_end_to_end_on_a_tiny_dataset_and_resumes(tmp_path):
     lines: list[str] = []
     root = tmp_path / "demo"
-    kw = dict(time_budget_s=120, progress=False, report=lines.append, n_cases=5, n_test_cases=2,
+    # a budget the ten tiny trainings fit even on a slow machine: a run behind its schedule would leave the last
+    # ones out (tests/test_run.py), and this test is about the whole pipeline
+    kw = dict(time_budget_s=900, progress=False, report=lines.append, n_cases=5, n_test_cases=2,
               shape_zyx=(10, 20, 20), min_training_s=1, cpu_gflops=100, num_workers=1,
               training_overrides=TINY_TRAINING, good_training_s=1)
     result = run_demo(root, **kw)

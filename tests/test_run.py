@@ -76,6 +76,11 @@ def test_run_end_to_end_then_resume(tmp_path):
     assert sorted(result.prediction.predicted_cases) == ["synth_005", "synth_006"]
     assert (tmp_path / "run" / "run_summary.json").is_file()
     assert set(result.stage_seconds) == {"plan", "train", "find-best", "predict"}
+    # only what the run trains was preprocessed
+    plans = load_plans(tmp_path / "run")
+    wd = RunStore(tmp_path / "run").wd
+    assert {p.name for p in wd.preprocessed_root.iterdir() if p.is_dir()} == \
+        {plans.configurations[c].data_identifier for c in result.choice.configurations}
     for fold in result.choice.folds:  # a budgeted training chose (and recorded) how to validate, and why
         mode = RunStore(tmp_path / "run").fold_summary("3d_fullres", fold).validation_mode
         assert set(mode) >= {"mirror", "step_size", "reason"} and "final validation of" in mode["reason"]
@@ -84,6 +89,107 @@ def test_run_end_to_end_then_resume(tmp_path):
     assert again.trainings == [] and again.prediction is None
     assert "already finished" in "\n".join(lines) and "reusing them" in "\n".join(lines)
     assert RunStore(tmp_path / "run").selection().winner == "3d_fullres"
+
+
+def test_planning_without_preprocessing_then_only_what_is_chosen(tmp_path):
+    from autoseg.usecases.plan import plan_dataset, preprocess_planned
+
+    ds = make_synthetic_dataset(tmp_path / "Dataset016_Later", n_cases=5, shape=(10, 16, 16))
+    wd = RunStore(tmp_path / "run").wd
+    planned = plan_dataset(ds, tmp_path / "run", device="cpu", cpu_gflops=100, num_workers=1, progress=False,
+                           preprocess=())
+    assert wd.plans_json.is_file() and not wd.preprocessed_root.exists()
+    with pytest.raises(AutosegError, match="no configuration 3d_lowres.*autoseg plan"):
+        preprocess_planned(tmp_path / "run", ["3d_lowres"], num_workers=1, progress=False)
+    preprocess_planned(tmp_path / "run", ["3d_fullres"], num_workers=1, progress=False)
+    folder = wd.preprocessed_dir(planned.plans.configurations["3d_fullres"].data_identifier)
+    assert sorted(p.name for p in folder.glob("*_seg.npy")) == [f"synth_{i:03d}_seg.npy" for i in range(5)]
+    assert [p for p in wd.preprocessed_root.iterdir() if p.is_dir()] == [folder]
+
+
+def test_trainings_that_fit_leaves_out_the_last_ones_first():
+    from autoseg.usecases.budget_split import trainings_that_fit
+
+    # 1000 s, 300 spent, 100 reserved, 3 s start-up each: three of 199 s, two of 297, one of 597
+    assert trainings_that_fit(1000, 300, [50, 50, 50], reserved_s=100) == (3, pytest.approx(197.0))
+    assert trainings_that_fit(1000, 300, [50, 50, 250], reserved_s=100) == (2, pytest.approx(297.0))
+    assert trainings_that_fit(1000, 300, [600, 50], reserved_s=100) == (0, 0.0)  # the next one first
+    assert trainings_that_fit(1000, 990, [20], reserved_s=0) == (0, 0.0)
+
+
+def _fake_run(total_s: float, clock_after: list[float], n_folds: int = 3):
+    """_train with a fake store, clock and train_fold: training i moves the clock to clock_after[i]; every
+    finished fold measured its final validation at 10 s per case (one validation case per fold)."""
+    from types import SimpleNamespace
+
+    import autoseg.usecases.run as run_module
+    from autoseg.usecases.run import TrainingChoice, _train
+
+    finished: set = set()
+    clock = SimpleNamespace(now=0.0)
+    clock.elapsed = lambda: clock.now
+    store = SimpleNamespace(
+        splits=lambda: SimpleNamespace(folds=[SimpleNamespace(val=[f"case{f}"]) for f in range(5)]),
+        fold_finished=lambda c, f: (c, f) in finished,
+        fold_summary=lambda c, f: SimpleNamespace(seconds_per_case={"x": 10.0}) if (c, f) in finished else None,
+        wd=SimpleNamespace(results_root="results"), root="run")
+    calls = []
+
+    def train_fold(root, c, f, overrides, progress):
+        calls.append((c, int(f), round(overrides["time_budget_s"])))
+        clock.now = clock_after[len(calls) - 1]
+        finished.add((c, int(f)))
+        return SimpleNamespace(precision=None, iterations=10, summary=SimpleNamespace(foreground_dice=0.5))
+
+    choice = TrainingChoice(configurations=["3d_fullres"], folds=list(range(n_folds)), per_training_s=180,
+                            reasons=["3d_fullres on 3 fold(s)"])
+    lines: list[str] = []
+    tail = run_module.estimate_tail_seconds
+    run_module.estimate_tail_seconds = lambda *a, **k: 50.0
+    try:
+        results, trained = _train(store, None, choice, total_s, clock, 0, 20.0, {}, False, lines.append, train_fold)
+    finally:
+        run_module.estimate_tail_seconds = tail
+    return calls, results, trained, choice, "\n".join(lines)
+
+
+def test_a_run_behind_its_schedule_leaves_out_its_last_trainings_instead_of_starving_them():
+    # on schedule: three equal shares, then the re-split gives the time fold 0 did not use to the others
+    calls, _, trained, choice, _ = _fake_run(600, [150, 330, 520])
+    assert [c[:2] for c in calls] == [("3d_fullres", 0), ("3d_fullres", 1), ("3d_fullres", 2)]
+    assert calls[0][2] == 180 and calls[1][2] == 197 and trained is choice
+    # fold 0 overran: the time left fits one training that can still learn (20 s + 10 s of validation): fold 1
+    calls, results, trained, choice, text = _fake_run(600, [510, 560])
+    assert calls == [("3d_fullres", 0, 180), ("3d_fullres", 1, 37)] and len(results) == 2
+    assert "fits 1 of the 2 trainings" in text and "3d_fullres fold 2 needs 30 s" in text
+    assert trained.folds == [0, 1] and trained.configurations == ["3d_fullres"]
+    assert "left out 3d_fullres fold 2" in trained.reasons[-1] and choice.folds == [0, 1, 2]
+    # nothing fits after fold 0: find-best gets fold 0 alone, not two folds trained for a few steps
+    calls, _, trained, _, text = _fake_run(600, [540])
+    assert len(calls) == 1 and trained.folds == [0]
+    assert "2 training(s) left out" in text and "run the same command again" in trained.reasons[-1]
+
+
+def test_the_run_predicts_in_the_mode_its_cross_validation_measured():
+    from types import SimpleNamespace
+
+    from autoseg.usecases.run import _validated_mode
+
+    def store(*modes):
+        selection = SimpleNamespace(winner_configurations=["3d_fullres", "2d"], folds=[0, 1])
+        summaries = {(c, f): SimpleNamespace(validation_mode=modes[(i * 2 + f) % len(modes)])
+                     for i, c in enumerate(selection.winner_configurations) for f in selection.folds}
+        return SimpleNamespace(selection=lambda: selection, fold_summary=lambda c, f: summaries.get((c, f)),
+                               root="R")
+
+    full = {"mirror": True, "step_size": 0.5, "reason": "fits"}
+    assert _validated_mode(store(full)) == (None, None, "")  # predict's defaults
+    cut = {"mirror": False, "step_size": 0.75, "reason": "budget"}
+    mirror, step, why = _validated_mode(store(full, cut))
+    assert (mirror, step) == (False, 0.75)  # the cheapest mode any fold of the selection was validated in
+    assert "no mirroring, tile step 0.75" in why and "autoseg predict --workdir R" in why
+    assert _validated_mode(store({"mirror": True, "step_size": 0.75}))[:2] == (True, 0.75)
+    assert _validated_mode(SimpleNamespace(selection=lambda: None)) == (None, None, "")
 
 
 def test_predict_needs_both_folders(tmp_path):

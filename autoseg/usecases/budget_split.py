@@ -125,3 +125,16 @@ def split_training_budget(total_s: float, spent_s: float, n_trainings: int, *, r
                                                 f"{max(share, 0.0):.0f} s each (plus {overhead_per_training_s:.0f} s "
                                                 f"start-up), below the {min_training_s:.0f} s a training needs")
     return [float(share)] * n_trainings
+
+
+def trainings_that_fit(total_s: float, spent_s: float, needs_s: Sequence[float], *, reserved_s: float,
+                       overhead_per_training_s: float = TRAINING_OVERHEAD_S) -> tuple[int, float]:
+    """How many of the trainings still to run (in order of priority, each needing ``needs_s[i]`` seconds
+    to be worth running: the minimum training plus its final validation) fit what is left, and the equal
+    share each of those gets: the largest k whose share (total − spent − reserved − k × overhead) / k
+    covers the largest need of the first k. (0, 0.0) when not even the next one fits."""
+    for k in range(len(needs_s), 0, -1):
+        share = (total_s - spent_s - reserved_s - k * overhead_per_training_s) / k
+        if share >= max(needs_s[:k]):
+            return k, float(share)
+    return 0, 0.0

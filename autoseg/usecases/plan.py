@@ -6,6 +6,7 @@ one that is stale or missing; ``overwrite`` redoes them all.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -180,12 +181,41 @@ def _splits(case_ids: list[str], store: RunStore, *, splits_file: str | Path | N
     return splits
 
 
-def preprocessing_groups(plans: Plans) -> dict[str, ConfigurationPlan]:
-    """One configuration per data_identifier: configurations that share preprocessing share a folder."""
+def preprocessing_groups(plans: Plans, configurations: Collection[str] | None = None) -> dict[str, ConfigurationPlan]:
+    """One configuration per data_identifier: configurations that share preprocessing share a folder.
+    ``configurations``: only the data these need (default: every configuration's)."""
     groups: dict[str, ConfigurationPlan] = {}
     for cfg in plans.configurations.values():
-        groups.setdefault(cfg.data_identifier, cfg)
+        if configurations is None or cfg.name in configurations:
+            groups.setdefault(cfg.data_identifier, cfg)
     return groups
+
+
+def _preprocess(manifest: DatasetManifest, plans: Plans, store: RunStore, configurations: Collection[str] | None, *,
+                num_workers: int | None, progress: bool, overwrite: bool = False) -> None:
+    from ..preprocessing.dataset import preprocess_dataset
+
+    for data_id, cfg in preprocessing_groups(plans, configurations).items():
+        log.info("preprocessing for %s (%s)", cfg.name, data_id)
+        preprocess_dataset(manifest, cfg, store.wd, num_workers=num_workers, progress=progress, overwrite=overwrite)
+
+
+def preprocess_planned(workdir: str | Path, configurations: Collection[str], *, num_workers: int | None = None,
+                       progress: bool = True) -> None:
+    """The preprocessed data of ``configurations``, from the work folder's plans and dataset check (written by
+    :func:`plan_dataset`, e.g. with ``preprocess=()``). Cases already current are kept. `autoseg run` plans
+    first and then preprocesses only what it chose to train: a configuration it does not train (often
+    3d_lowres) costs no time of its budget."""
+    from ..locks import exclusive
+
+    store = RunStore(workdir)
+    plans = store.plans()
+    unknown = sorted(set(configurations) - set(plans.configurations))
+    if unknown:
+        raise AutosegError(f"{store.wd.plans_json} has no configuration {', '.join(unknown)} (it has "
+                           f"{', '.join(plans.configurations)}); run `autoseg plan DATASET --workdir {store.root}`")
+    with exclusive(store.wd.plan_lock, f"work folder {store.root}", hint=PLAN_LOCK_HINT):
+        _preprocess(store.manifest(), plans, store, configurations, num_workers=num_workers, progress=progress)
 
 
 def plan_dataset(dataset_dir: str | Path, workdir: str | Path, *, planner: str = "default",
@@ -194,8 +224,11 @@ def plan_dataset(dataset_dir: str | Path, workdir: str | Path, *, planner: str =
                  split_seed: int = 12345, num_workers: int | None = None, progress: bool = True,
                  overwrite: bool = False, measure_cpu: bool = True, cpu_gflops: float | None = None,
                  remeasure_cpu: bool = False, plans_from: str | Path | None = None, gpu_dry_run: bool = True,
-                 measure_memory=None) -> PlanResult:
+                 measure_memory=None, preprocess: Collection[str] | None = None) -> PlanResult:
     """validate → fingerprint → plan → split → preprocess. Safe to re-run: current outputs are kept.
+
+    ``preprocess``: the configurations whose data to preprocess (default all; ``()`` none, for a caller
+    that decides first and then calls :func:`preprocess_planned`).
 
     ``time_budget_s``: wall-clock seconds per training, recorded once in plans.json (on a CPU without
     it the planner records the default it assumed; training uses the same). Nothing is written to
@@ -210,7 +243,6 @@ def plan_dataset(dataset_dir: str | Path, workdir: str | Path, *, planner: str =
     from ..planning.base import check_time_budget
     from ..planning.explain import explain_plans
     from ..planning.registry import get_planner
-    from ..preprocessing.dataset import preprocess_dataset
 
     get_planner(planner)  # fail on an unknown name or a bad budget before any work
     check_time_budget(time_budget_s)
@@ -239,7 +271,6 @@ def plan_dataset(dataset_dir: str | Path, workdir: str | Path, *, planner: str =
         atomic_write_text(store.wd.plans_explained_txt, "\n".join(explained) + "\n")
         _splits([c.case_id for c in manifest.cases], store, splits_file=splits_file, seed=split_seed,
                 overwrite=overwrite)
-        for data_id, cfg in preprocessing_groups(plans).items():
-            log.info("preprocessing for %s (%s)", cfg.name, data_id)
-            preprocess_dataset(manifest, cfg, store.wd, num_workers=num_workers, progress=progress, overwrite=overwrite)
+        _preprocess(manifest, plans, store, preprocess, num_workers=num_workers, progress=progress,
+                    overwrite=overwrite)
         return PlanResult(workdir=store.root, plans=plans, explained=explained)

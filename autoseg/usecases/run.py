@@ -4,7 +4,8 @@ The budget is for the result, not for one training. After planning, :func:`choos
 what is worth training in the time there is (which configurations, how many folds) and explains it;
 the trainings then share what the other stages leave, re-split after every training from the
 measured times (time one training did not use goes to the next; the reserve for find-best and
-prediction is re-estimated from the measured validation times). Re-running resumes: current plans,
+prediction is re-estimated from the measured validation times). A run that falls behind leaves out its
+last trainings rather than giving each too little to learn, and selects among what finished. Re-running resumes: current plans,
 finished folds and a current selection are reused.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from ..errors import AutosegError
 from ..schemas import Plans, Selection
 from ..store import RunStore
 from .budget_split import (MIN_TRAINING_S, TRAINING_OVERHEAD_S, estimate_tail_seconds, planning_budget_per_training,
-                           split_training_budget)
+                           split_training_budget, trainings_that_fit)
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def run(dataset: str | Path, workdir: str | Path, *, time_budget_s: float, predi
     ``time_budget_s`` wall-clock seconds. ``report(line)`` receives the progress lines (default: the log).
     ``cpu_gflops``, ``min_training_s``, ``good_training_s`` and ``training_overrides`` are for tests."""
     from .find_best import find_best
-    from .plan import plan_dataset
+    from .plan import plan_dataset, preprocess_planned
     from .predict import predict
     from .train import train_fold
 
@@ -178,8 +179,9 @@ def run(dataset: str | Path, workdir: str | Path, *, time_budget_s: float, predi
     n_test = _count_cases(predict_input)
 
     # plan for the primary configuration alone on 5 folds, the choice's most common case; re-planned below
-    # when the choice gives each training another share (planning again is cheap: the fingerprint and the
-    # preprocessed data are reused)
+    # when the choice gives each training another share (planning again is cheap: the fingerprint is
+    # reused). Nothing is preprocessed until the choice is made: a configuration the run does not train
+    # (often 3d_lowres, whose spacing also changes with the share) costs none of the budget.
     provisional = planning_budget_per_training(time_budget_s, N_FOLDS, min_training_s=min_training_s)
 
     def plan(seconds: float) -> Any:
@@ -189,7 +191,7 @@ def run(dataset: str | Path, workdir: str | Path, *, time_budget_s: float, predi
                 report(f"{store.root} has trainings planned for {recorded:.0f} s each: keeping those plans")
                 seconds = recorded
         return plan_dataset(dataset, workdir, planner=planner, device=device, time_budget_s=round(seconds),
-                            num_workers=num_workers, progress=progress, cpu_gflops=cpu_gflops)
+                            num_workers=num_workers, progress=progress, cpu_gflops=cpu_gflops, preprocess=())
 
     planned = clock.run("plan", lambda: plan(provisional))
     training_s = provisional * N_FOLDS
@@ -205,11 +207,16 @@ def run(dataset: str | Path, workdir: str | Path, *, time_budget_s: float, predi
     report(f"budget {time_budget_s:.0f} s: {len(choice.trainings)} training(s) of ~{choice.per_training_s:.0f} s")
     for reason in choice.reasons:
         report(f"  - {reason}")
+    clock.run("plan", lambda: preprocess_planned(workdir, choice.configurations, num_workers=num_workers,
+                                                 progress=progress))
 
     overrides = {k: v for k, v in {"device": device, "num_workers": num_workers}.items() if v is not None}
     overrides.update(training_overrides or {})  # as given: a None there replaces the run's share (tests)
-    trainings = clock.run("train", lambda: _train(store, plans, choice, time_budget_s, clock, n_test, min_training_s,
-                                                  overrides, progress, report, train_fold))
+    chosen = choice
+    trainings, choice = clock.run("train", lambda: _train(store, plans, chosen, time_budget_s, clock, n_test,
+                                                          min_training_s, overrides, progress, report, train_fold))
+    if choice is not chosen:  # the run fell behind and left trainings out: say what it selects among
+        report(f"  - {choice.reasons[-1]}")
     best = clock.run("find-best", lambda: find_best(workdir, configurations=choice.configurations,
                                                      folds=choice.folds, progress=progress))
     report(best.ranking)
@@ -251,16 +258,50 @@ def _predict(store: RunStore, images: str | Path, out_dir: str | Path, *, progre
                                                "failed": False}).current:
                 report(f"predictions in {out_dir} were made with the current selection: reusing them")
                 return None
-    result = predict(store.root, images, out_dir, progress=progress, num_workers=num_workers, device=device)
+    mirror, step, why = _validated_mode(store)
+    if why:
+        report(why)
+    result = predict(store.root, images, out_dir, progress=progress, num_workers=num_workers, device=device,
+                     mirror=mirror, step_size=step)
     report(f"predicted {len(result.predicted_cases)} case(s) with {', '.join(result.configurations)} (folds "
            f"{result.folds}) into {result.output_dir} in {result.total_seconds:.0f} s")
     return result
 
 
+def _validated_mode(store: RunStore) -> tuple[bool | None, float | None, str]:
+    """How to predict: as the selection's folds were validated. A budgeted training may validate without
+    mirroring or with a larger tile step to fit its budget (``validation_mode`` of its fold summary); the
+    cross-validation Dice the selection rests on was measured that way, and the run reserved prediction time
+    from those validation times, so predicting with every mirror would overrun the budget (8 passes in 3D)
+    for a result the cross-validation never measured. (None, None, "") when every fold validated in the full
+    mode (predict's defaults)."""
+    selection = store.selection()
+    if selection is None:
+        return None, None, ""
+    modes = [s.validation_mode for c in selection.winner_configurations for f in selection.folds
+             if (s := store.fold_summary(c, f)) is not None and s.validation_mode]
+    if not modes:
+        return None, None, ""
+    mirror = all(bool(m.get("mirror", True)) for m in modes)
+    step = max(float(m.get("step_size", 0.5)) for m in modes)
+    if mirror and step <= 0.5:
+        return None, None, ""
+    how = ", ".join(p for p in ("" if mirror else "no mirroring", f"tile step {step:g}" if step > 0.5 else "") if p)
+    return mirror, step, (f"predicting as the cross-validation measured: {how} (the mode the budget gave the final "
+                          f"validations; `autoseg predict --workdir {store.root}` predicts with every mirror)")
+
+
 def _train(store: RunStore, plans: Plans, choice: TrainingChoice, total_s: float, clock: _Clock, n_test: int,
            min_training_s: float, overrides: dict, progress: bool, report: Callable[[str], None],
-           train_fold: Callable[..., Any]) -> list[dict[str, Any]]:
-    """Every chosen (configuration, fold) not finished yet, one after the other, sharing what is left."""
+           train_fold: Callable[..., Any]) -> tuple[list[dict[str, Any]], TrainingChoice]:
+    """Every chosen (configuration, fold) not finished yet, one after the other, sharing what is left.
+
+    Before each training after the first, the trainings still to run are re-split: a training is worth
+    running only when its share covers the minimum training plus its final validation (measured on the
+    configuration's finished folds). When the run is behind its schedule, the last ones in priority order
+    are left out instead of all getting too little: a fold that trains a handful of steps would dilute the
+    ensemble with a network that has learned nothing. Returns the trainings run now and the choice as
+    trained (configurations and folds reduced to the ones finished, with the reason)."""
     splits = store.splits()
     n_cv = sum(len(splits.folds[f].val) for f in choice.folds if f < len(splits.folds))  # find-best scores these
     todo = [t for t in choice.trainings if not store.fold_finished(*t)]
@@ -273,15 +314,31 @@ def _train(store: RunStore, plans: Plans, choice: TrainingChoice, total_s: float
         return estimate_tail_seconds(total_s, choice.configurations, measured, n_folds=len(choice.folds),
                                      n_cv_cases=n_cv, n_test_cases=n_test, evaluate=False)
 
+    def need(c: str, f: int) -> float:
+        per_case = _validation_seconds_per_case(store, c, choice.folds)
+        n_val = len(splits.folds[f].val) if f < len(splits.folds) else 0
+        return min_training_s + (per_case * n_val if per_case is not None else 0.0)
+
     precision: dict[str, str] = {}
-    results = []
+    results: list[dict[str, Any]] = []
+    left_out: list[tuple[str, int]] = []
     for i, (c, f) in enumerate(todo):
-        # the first share must be a real training (else: a clear error naming a budget that works); later
-        # ones get at least the minimum even when the run is behind its schedule
-        share = split_training_budget(total_s, clock.elapsed(), len(todo) - i, reserved_s=tail(),
-                                      min_training_s=min_training_s, strict=i == 0)[0]
-        if share <= min_training_s and i > 0:
-            log.warning("the run is behind its schedule: %s fold %d gets the minimum of %.0f s", c, f, share)
+        if i == 0:  # the first share must be a real training (else: a clear error naming a budget that works)
+            share = split_training_budget(total_s, clock.elapsed(), len(todo), reserved_s=tail(),
+                                          min_training_s=min_training_s, strict=True)[0]
+        else:
+            rest = todo[i:]
+            fit, share = trainings_that_fit(total_s, clock.elapsed(), [need(*t) for t in rest], reserved_s=tail())
+            if fit == 0:
+                left_out = rest
+                report(f"the run is behind its schedule: {total_s - clock.elapsed():.0f} s are left and "
+                       f"{tail():.0f} s are kept for the stages after training, but {c} fold {f} needs "
+                       f"{need(c, f):.0f} s to be worth training (its final validation included): "
+                       f"{len(rest)} training(s) left out")
+                break
+            if fit < len(rest):
+                report(f"the run is behind its schedule: the time left fits {fit} of the {len(rest)} trainings still "
+                       f"to run; the last {len(rest) - fit} are left out unless time frees up")
         o = {"time_budget_s": share, **overrides}
         if c in precision and "precision" not in overrides:
             o["precision"] = precision[c]  # measured once per configuration (the auto probe costs steps)
@@ -297,4 +354,21 @@ def _train(store: RunStore, plans: Plans, choice: TrainingChoice, total_s: float
                f"{'-' if dice is None else f'{dice:.3f}'}")
         results.append({"configuration": c, "fold": f, "budget_s": round(share, 1), "seconds": round(seconds, 1),
                         "iterations": trained.iterations, "foreground_dice": dice})
-    return results
+    return results, _as_trained(store, choice, left_out)
+
+
+def _as_trained(store: RunStore, choice: TrainingChoice, left_out: Sequence[tuple[str, int]]) -> TrainingChoice:
+    """The choice reduced to what finished: the primary configuration's finished folds, and the configurations
+    finished on all of them (find-best compares configurations on the same folds)."""
+    if not left_out:
+        return choice
+    finished = {t for t in choice.trainings if store.fold_finished(*t)}
+    folds = [f for f in choice.folds if (choice.configurations[0], f) in finished]
+    configs = [c for c in choice.configurations if all((c, f) in finished for f in folds)]
+    dropped = [c for c in choice.configurations if c not in configs]
+    why = (f"trained: {', '.join(configs)} on fold(s) {', '.join(map(str, folds))}, not the "
+           f"{len(choice.trainings)} trainings planned: the run fell behind its schedule and left out "
+           f"{', '.join(f'{c} fold {f}' for c, f in left_out)}"
+           + (f" ({', '.join(dropped)} then lacks folds and is not compared)" if dropped else "")
+           + "; run the same command again to train them with a new budget")
+    return replace(choice, configurations=configs, folds=folds, reasons=[*choice.reasons, why])
