@@ -131,6 +131,49 @@ def test_a_configuration_measures_its_precision_once(probe_parts, monkeypatch, c
     assert resolve(fold="4", batch_size=settings.batch_size + 2) == "bf16" and measured == ["0", "2", "3", "4"]
 
 
+def test_expected_probe_cost_follows_the_plans_step_time() -> None:
+    from autoseg.training.precision import expected_probe_seconds
+
+    # 1 s/it planned (bf16): fp32 4 s start + 2 x 2 s warm-up + 3 x 2 s timed; bf16 4 + 2 x 1 + 5 s (the 5-s floor)
+    assert expected_probe_seconds(1.0) == pytest.approx(14.0 + 11.0)
+    # tiny steps: at most 8 timed steps each; what remains is the two child starts
+    assert expected_probe_seconds(0.001) == pytest.approx(2 * 4.0, abs=0.05)
+
+
+def test_a_short_budget_takes_the_plans_precision_instead_of_measuring(probe_parts, monkeypatch, caplog) -> None:
+    """Measuring costs ~25 s at 1 s per planned step: over a tenth of a 200-s budget, so the training takes the
+    precision the plan's speed figure was measured in, and remembers nothing; a 300-s budget measures."""
+    import dataclasses
+
+    import autoseg.hardware
+    from autoseg.store import RunStore
+    from autoseg.training import recipe, speed_probe
+    from autoseg.training.trainer import Trainer
+
+    wd, config, settings, train_ids, val_ids = probe_parts
+    monkeypatch.setattr(autoseg.hardware, "cpu_has_bf16", lambda *a: True)
+    monkeypatch.setattr(recipe, "planned_seconds_per_iteration", lambda c: 1.0)
+    measured: list[str] = []
+    monkeypatch.setattr(precision_module, "time_precisions",
+                        lambda steps: measured.append(steps.trainer.settings.fold) or {"fp32": 0.3, "bf16": 0.2})
+    monkeypatch.setattr(speed_probe, "measure_share_of_others", lambda fn, **kw: (fn(), 0.0))
+    store = RunStore(wd)
+    plans = store.plans()
+    hardware = dataclasses.replace(plans.hardware, cpu_unet_precision={"3d": "fp32", "2d": "bf16"})
+    store.save(dataclasses.replace(plans, hardware=hardware), wd.plans_json)
+
+    def resolve(fold: str, budget: float) -> str:
+        s = dataclasses.replace(settings, fold=fold, time_budget_s=budget)
+        return Trainer(wd, config, s, train_ids, val_ids, progress=False)._resolve_precision(iter([None]))
+
+    with caplog.at_level(logging.INFO):
+        assert resolve("0", 200.0) == "fp32" and measured == []  # the plan's 3d figure, not measured
+    assert any("fp32 without measuring this network" in r.getMessage() and "~25 s" in r.getMessage()
+               for r in caplog.records)
+    assert not wd.precision_choice_json(config.name).exists()  # nothing remembered for the other folds
+    assert resolve("1", 300.0) == "bf16" and measured == ["1"]  # 25 s <= 30 s: measured
+
+
 def test_trainer_probe_drops_a_crashing_bf16_and_leaves_its_network_alone(auto_trainer, monkeypatch,
                                                                            caplog) -> None:
     import autoseg.hardware

@@ -28,6 +28,14 @@ PROBE_MIN_STEPS = 3  # ... or fewer, at least these, once PROBE_SECONDS have pas
 PROBE_SECONDS = 5.0
 PROBE_TIMEOUT_S = 900.0  # a candidate's child still running after this is killed and dropped
 FALLBACK = "fp32"
+#: The probe runs only while its expected cost stays under this share of the training's time budget: on a
+#: short budget with large patches it would otherwise eat much of the training it is meant to speed up.
+PROBE_BUDGET_SHARE = 0.10
+#: Starting one probe child (spawn, importing torch, building the network): ~2-4 s on 2 CPU cores.
+PROBE_CHILD_START_S = 4.0
+#: fp32 against the plan's per-iteration estimate, which was measured in the faster precision (bf16 steps of
+#: 3D U-Nets were 1.9-2.9x faster than fp32).
+PROBE_FP32_FACTOR = 2.0
 
 
 class TrainerSteps:
@@ -158,13 +166,56 @@ def remember_choice(trainer: Any, choice: str, timings: Mapping[str, float | Chi
         log.debug("cannot remember the precision choice in %s: %s", path, e)
 
 
+def expected_probe_seconds(seconds_per_iteration: float) -> float:
+    """What :func:`time_precisions` is expected to cost, fp32 and bf16, from the plan's seconds per iteration
+    (measured in bf16 on a CPU with native bf16): per candidate a child start, the warm-up steps and the
+    timed steps (at least ``PROBE_MIN_STEPS``; up to ``PROBE_MAX_STEPS`` while under ``PROBE_SECONDS``)."""
+    total = 0.0
+    for factor in (PROBE_FP32_FACTOR, 1.0):
+        step = seconds_per_iteration * factor
+        timed = max(PROBE_MIN_STEPS * step, min(PROBE_MAX_STEPS * step, PROBE_SECONDS))
+        total += PROBE_CHILD_START_S + PROBE_WARMUP_STEPS * step + timed
+    return total
+
+
+def _unmeasured_choice(trainer: Any) -> tuple[str, str] | None:
+    """(precision, reason) when measuring would cost more than ``PROBE_BUDGET_SHARE`` of the training's time
+    budget: the precision the plan's CPU speed was measured in for this dimensionality (the faster one on
+    reference U-Nets, ``hardware.cpu_unet_precision`` in plans.json). None when the probe is affordable or
+    there is no such figure."""
+    from ..store import RunStore
+    from .recipe import planned_seconds_per_iteration
+
+    budget = trainer.settings.time_budget_s
+    seconds = planned_seconds_per_iteration(trainer.config)
+    if not budget or seconds is None:
+        return None
+    cost = expected_probe_seconds(seconds)
+    if cost <= PROBE_BUDGET_SHARE * float(budget):
+        return None
+    try:
+        hardware = RunStore(trainer.wd).plans().hardware
+    except Exception:  # noqa: BLE001 - no readable plans: measure as usual
+        return None
+    key = f"{len(trainer.config.patch_size)}d"
+    choice = (hardware.cpu_unet_precision or {}).get(key)
+    if choice not in ("fp32", "bf16"):
+        return None
+    return choice, (f"precision auto: {choice} without measuring this network: measuring fp32 and bf16 would take "
+                    f"~{cost:.0f} s, over {PROBE_BUDGET_SHARE:.0%} of the {float(budget):.0f} s budget; {choice} was the "
+                    f"faster on this CPU's reference {key} U-Net (the plan's speed figure; not remembered, so a longer "
+                    f"training of this configuration measures)")
+
+
 def resolve_precision(trainer: Any, train_it: Any) -> str:
     """The trainer's precision: its setting, or for "auto" on CUDA :func:`cuda_precision`, on a CPU without
     native bf16 fp32, else the faster of fp32 and bf16 on this network and batch, each timed in a child process
     (a candidate whose child crashes is dropped; fp32 when none survives).
 
-    The CPU measurement costs 10-30 s of the training's budget (two child processes, a few steps each), so
-    it is made once per configuration and CPU class: the configuration's other folds reuse it from
+    The CPU measurement costs 10-30 s of the training's budget (two child processes, a few steps each), more
+    with large patches; when that would exceed a tenth of the training's time budget, the precision the plan's
+    speed figure was measured in is taken instead (:func:`_unmeasured_choice`). It is made once per
+    configuration and CPU class: the configuration's other folds reuse it from
     ``precision_choice.json`` (the same network, batch and patch). A measurement taken while other
     processes used more than a fifth of the CPU is used but not remembered: a busy machine can change
     which precision looks faster."""
@@ -193,6 +244,11 @@ def resolve_precision(trainer: Any, train_it: Any) -> str:
                  trainer.wd.precision_choice_json(trainer.config.name))
         note("precision", best)
         return best
+    unmeasured = _unmeasured_choice(trainer)
+    if unmeasured is not None:  # a bf16 crash still falls back to fp32 (training runs in a child: isolation.py)
+        log.info("%s", unmeasured[1])
+        note("precision", unmeasured[0])
+        return unmeasured[0]
     # each candidate trains a few steps in its own child process: one that crashes (SIGSEGV) is dropped
     timings, others = measure_share_of_others(lambda: time_precisions(TrainerSteps(trainer, next(train_it))))
     best = choose_precision(timings)
