@@ -359,7 +359,8 @@ def grid_table(results: list[dict[str, Any]]) -> list[str]:
                     mark = ""
                     if r.get("schedule"):
                         mark = " †"
-                        notes.append(f"- † {name} {budget} fold {fold} `{rec}`: {r['schedule']} ({r.get('source', '')})")
+                        notes.append(f"- † {name} {budget} fold {fold} `{rec}`: {r['schedule']} "
+                                     f"({r.get('source', '')})")
                     shown.append(f"{r['dice']:.4f}{mark}")
                 its = list(dict.fromkeys(str(pair[rec].get("iterations") or pair[rec].get("planned_iterations"))
                                          for rec in (BASE, SHORT) if rec in pair))  # nnunet's, then short's

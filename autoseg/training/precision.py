@@ -201,10 +201,10 @@ def _unmeasured_choice(trainer: Any) -> tuple[str, str] | None:
     choice = (hardware.cpu_unet_precision or {}).get(key)
     if choice not in ("fp32", "bf16"):
         return None
-    return choice, (f"precision auto: {choice} without measuring this network: measuring fp32 and bf16 would take "
-                    f"~{cost:.0f} s, over {PROBE_BUDGET_SHARE:.0%} of the {float(budget):.0f} s budget; {choice} was the "
-                    f"faster on this CPU's reference {key} U-Net (the plan's speed figure; not remembered, so a longer "
-                    f"training of this configuration measures)")
+    return choice, (f"precision auto: {choice} without measuring this network: measuring fp32 and bf16 would "
+                    f"take ~{cost:.0f} s, over {PROBE_BUDGET_SHARE:.0%} of the {float(budget):.0f} s budget; {choice} "
+                    f"was the faster on this CPU's reference {key} U-Net (the plan's speed figure; not remembered, so "
+                    f"a longer training of this configuration measures)")
 
 
 def resolve_precision(trainer: Any, train_it: Any) -> str:

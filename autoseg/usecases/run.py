@@ -5,8 +5,8 @@ what is worth training in the time there is (which configurations, how many fold
 the trainings then share what the other stages leave, re-split after every training from the
 measured times (time one training did not use goes to the next; the reserve for find-best and
 prediction is re-estimated from the measured validation times). A run that falls behind leaves out its
-last trainings rather than giving each too little to learn, and selects among what finished. Re-running resumes: current plans,
-finished folds and a current selection are reused.
+last trainings rather than giving each too little to learn, and selects among what finished. Re-running
+resumes: current plans, finished folds and a current selection are reused.
 """
 from __future__ import annotations
 
