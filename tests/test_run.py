@@ -115,9 +115,15 @@ def test_trainings_that_fit_leaves_out_the_last_ones_first():
     assert trainings_that_fit(1000, 300, [50, 50, 250], reserved_s=100) == (2, pytest.approx(297.0))
     assert trainings_that_fit(1000, 300, [600, 50], reserved_s=100) == (0, 0.0)  # the next one first
     assert trainings_that_fit(1000, 990, [20], reserved_s=0) == (0, 0.0)
+    # 2d's three remaining folds are all or none: two trainings would fit (297 s each), but the second would
+    # start 2d without its other folds, so only the primary's fold runs, with the whole rest
+    groups = [None, "2d", "2d", "2d"]
+    assert trainings_that_fit(1000, 300, [250] * 4, reserved_s=100, groups=groups) == (1, pytest.approx(597.0))
+    assert trainings_that_fit(1000, 300, [140] * 4, reserved_s=100, groups=groups) == (4, pytest.approx(147.0))
+    assert trainings_that_fit(1000, 300, [300, 300], reserved_s=100, groups=["2d", "2d"]) == (0, 0.0)
 
 
-def _fake_run(total_s: float, clock_after: list[float], n_folds: int = 3):
+def _fake_run(total_s: float, clock_after: list[float], n_folds: int = 3, configurations=("3d_fullres",)):
     """_train with a fake store, clock and train_fold: training i moves the clock to clock_after[i]; every
     finished fold measured its final validation at 10 s per case (one validation case per fold)."""
     from types import SimpleNamespace
@@ -141,7 +147,7 @@ def _fake_run(total_s: float, clock_after: list[float], n_folds: int = 3):
         finished.add((c, int(f)))
         return SimpleNamespace(precision=None, iterations=10, summary=SimpleNamespace(foreground_dice=0.5))
 
-    choice = TrainingChoice(configurations=["3d_fullres"], folds=list(range(n_folds)), per_training_s=180,
+    choice = TrainingChoice(configurations=list(configurations), folds=list(range(n_folds)), per_training_s=180,
                             reasons=["3d_fullres on 3 fold(s)"])
     lines: list[str] = []
     tail = run_module.estimate_tail_seconds
@@ -168,6 +174,12 @@ def test_a_run_behind_its_schedule_leaves_out_its_last_trainings_instead_of_star
     calls, _, trained, _, text = _fake_run(600, [540])
     assert len(calls) == 1 and trained.folds == [0]
     assert "2 training(s) left out" in text and "run the same command again" in trained.reasons[-1]
+    # two configurations: after 3d_fullres fold 0 the time fits two of the three trainings left, but the second
+    # would be 2d fold 0 without its fold 1: only 3d_fullres fold 1 runs, with all the time, and 2d is left out
+    calls, _, trained, _, text = _fake_run(600, [480, 560], n_folds=2, configurations=("3d_fullres", "2d"))
+    assert calls == [("3d_fullres", 0, 134), ("3d_fullres", 1, 67)]
+    assert trained.configurations == ["3d_fullres"] and trained.folds == [0, 1]
+    assert "left out 2d fold 0, 2d fold 1" in trained.reasons[-1]
 
 
 def test_the_run_predicts_in_the_mode_its_cross_validation_measured():

@@ -128,12 +128,18 @@ def split_training_budget(total_s: float, spent_s: float, n_trainings: int, *, r
 
 
 def trainings_that_fit(total_s: float, spent_s: float, needs_s: Sequence[float], *, reserved_s: float,
-                       overhead_per_training_s: float = TRAINING_OVERHEAD_S) -> tuple[int, float]:
+                       overhead_per_training_s: float = TRAINING_OVERHEAD_S,
+                       groups: Sequence[str | None] | None = None) -> tuple[int, float]:
     """How many of the trainings still to run (in order of priority, each needing ``needs_s[i]`` seconds
     to be worth running: the minimum training plus its final validation) fit what is left, and the equal
     share each of those gets: the largest k whose share (total − spent − reserved − k × overhead) / k
-    covers the largest need of the first k. (0, 0.0) when not even the next one fits."""
-    for k in range(len(needs_s), 0, -1):
+    covers the largest need of the first k. ``groups``: trainings with the same name are all or nothing (the
+    folds of a configuration that find-best can only compare once every fold is trained); None counts alone
+    (the primary configuration, selected on the folds it has). (0, 0.0) when not even the next one fits."""
+    n = len(needs_s)
+    for k in range(n, 0, -1):
+        if groups is not None and k < n and groups[k] is not None and groups[k] == groups[k - 1]:
+            continue  # the cut would split a group: part of a configuration's folds is worth nothing
         share = (total_s - spent_s - reserved_s - k * overhead_per_training_s) / k
         if share >= max(needs_s[:k]):
             return k, float(share)

@@ -300,7 +300,9 @@ def _train(store: RunStore, plans: Plans, choice: TrainingChoice, total_s: float
     running only when its share covers the minimum training plus its final validation (measured on the
     configuration's finished folds). When the run is behind its schedule, the last ones in priority order
     are left out instead of all getting too little: a fold that trains a handful of steps would dilute the
-    ensemble with a network that has learned nothing. Returns the trainings run now and the choice as
+    ensemble with a network that has learned nothing. The primary configuration's folds are left out one by
+    one (find-best selects on the folds it has); another configuration's remaining folds all or none (it is
+    compared only on every chosen fold, so part of them would be time spent for nothing). Returns the trainings run now and the choice as
     trained (configurations and folds reduced to the ones finished, with the reason)."""
     splits = store.splits()
     n_cv = sum(len(splits.folds[f].val) for f in choice.folds if f < len(splits.folds))  # find-best scores these
@@ -328,7 +330,10 @@ def _train(store: RunStore, plans: Plans, choice: TrainingChoice, total_s: float
                                           min_training_s=min_training_s, strict=True)[0]
         else:
             rest = todo[i:]
-            fit, share = trainings_that_fit(total_s, clock.elapsed(), [need(*t) for t in rest], reserved_s=tail())
+            # the primary configuration's folds count one by one; another configuration's folds are all or none
+            groups = [None if t[0] == choice.configurations[0] else t[0] for t in rest]
+            fit, share = trainings_that_fit(total_s, clock.elapsed(), [need(*t) for t in rest], reserved_s=tail(),
+                                            groups=groups)
             if fit == 0:
                 left_out = rest
                 report(f"the run is behind its schedule: {total_s - clock.elapsed():.0f} s are left and "
