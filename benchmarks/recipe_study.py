@@ -382,8 +382,8 @@ def grid_table(results: list[dict[str, Any]]) -> list[str]:
 
 
 def plot_grid(results: list[dict[str, Any]], path: Path) -> None:
-    """One panel per dataset: Dice against the budget for the two recipes, each fold a marker, the line
-    through the mean over the folds measured at that budget."""
+    """One panel per dataset: Dice against the budget for the two recipes, one line per fold through the budgets
+    that fold was measured at (a mean over folds would jump where a budget has fewer folds measured)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -391,28 +391,27 @@ def plot_grid(results: list[dict[str, Any]], path: Path) -> None:
 
     datasets, budgets, folds, cells = _grid(results)
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3.6), squeeze=False)
-    markers = "osD^v"
+    markers, styles = "osD^v", ["-", "--", ":", "-."]
     for ax, name in zip(axes[0], datasets):
-        for rec, label, colour in ((BASE, "nnU-Net's recipe", "tab:orange"), (SHORT, "short recipe", "tab:blue")):
-            means = []
-            for budget_s, budget in budgets:
-                pts = [(fold, cells[(name, budget, fold)][rec]) for fold in folds
+        for rec, colour in ((BASE, "tab:orange"), (SHORT, "tab:blue")):
+            for i, fold in enumerate(folds):
+                pts = [(budget_s / 60, cells[(name, budget, fold)][rec]) for budget_s, budget in budgets
                        if rec in cells.get((name, budget, fold), {})]
-                for fold, r in pts:
-                    m = markers[folds.index(fold) % len(markers)]
-                    ax.plot(budget_s / 60, r["dice"], m, color=colour, alpha=0.7,
+                if not pts:
+                    continue
+                ax.plot([x for x, _ in pts], [r["dice"] for _, r in pts], styles[i % len(styles)], color=colour,
+                        alpha=0.8)
+                for x, r in pts:
+                    ax.plot(x, r["dice"], markers[i % len(markers)], color=colour,
                             markerfacecolor="white" if r.get("schedule") else colour)
-                if pts:
-                    means.append((budget_s / 60, statistics.mean(r["dice"] for _, r in pts)))
-            if means:
-                ax.plot(*zip(*means), "-", color=colour, label=label)
         ax.set_title(name, fontsize=10)
         ax.set_xticks([b / 60 for b, _ in budgets])
         ax.set_xlabel("budget (minutes)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean foreground Dice, fold validation")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    handles += [plt.Line2D([], [], marker=markers[i % len(markers)], color="grey", linestyle="none")
+    handles = [plt.Line2D([], [], color="tab:orange"), plt.Line2D([], [], color="tab:blue")]
+    labels = ["nnU-Net's recipe", "short recipe"]
+    handles += [plt.Line2D([], [], marker=markers[i % len(markers)], color="grey", linestyle=styles[i % len(styles)])
                 for i in range(len(folds))]
     labels += [f"fold {f}" for f in folds]
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
