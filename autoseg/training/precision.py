@@ -203,8 +203,8 @@ def _unmeasured_choice(trainer: Any) -> tuple[str, str] | None:
         return None
     return choice, (f"precision auto: {choice} without measuring this network: measuring fp32 and bf16 would "
                     f"take ~{cost:.0f} s, over {PROBE_BUDGET_SHARE:.0%} of the {float(budget):.0f} s budget; {choice} "
-                    f"was the faster on this CPU's reference {key} U-Net (the plan's speed figure; not remembered, so "
-                    f"a longer training of this configuration measures)")
+                    f"was the faster on this CPU's reference {key} U-Net (the plan's speed figure; not written to "
+                    f"precision_choice.json, so a later training of this configuration with a longer budget measures)")
 
 
 def resolve_precision(trainer: Any, train_it: Any) -> str:
