@@ -311,34 +311,37 @@ def _train(store: RunStore, plans: Plans, choice: TrainingChoice, total_s: float
     if done:
         report(f"{done} of {len(choice.trainings)} trainings already finished in {store.wd.results_root}: reusing them")
 
-    def tail() -> float:
-        measured = {c: _validation_seconds_per_case(store, c, choice.folds) for c in choice.configurations}
-        return estimate_tail_seconds(total_s, choice.configurations, measured, n_folds=len(choice.folds),
+    def measured() -> dict[str, float | None]:  # read once per training: the fold summaries written so far
+        return {c: _validation_seconds_per_case(store, c, choice.folds) for c in choice.configurations}
+
+    def tail(per_case: dict[str, float | None]) -> float:
+        return estimate_tail_seconds(total_s, choice.configurations, per_case, n_folds=len(choice.folds),
                                      n_cv_cases=n_cv, n_test_cases=n_test, evaluate=False)
 
-    def need(c: str, f: int) -> float:
-        per_case = _validation_seconds_per_case(store, c, choice.folds)
+    def need(per_case: dict[str, float | None], c: str, f: int) -> float:
         n_val = len(splits.folds[f].val) if f < len(splits.folds) else 0
-        return min_training_s + (per_case * n_val if per_case is not None else 0.0)
+        return min_training_s + (per_case[c] * n_val if per_case[c] is not None else 0.0)
 
     precision: dict[str, str] = {}
     results: list[dict[str, Any]] = []
     left_out: list[tuple[str, int]] = []
     for i, (c, f) in enumerate(todo):
+        per_case = measured()
+        reserved = tail(per_case)
         if i == 0:  # the first share must be a real training (else: a clear error naming a budget that works)
-            share = split_training_budget(total_s, clock.elapsed(), len(todo), reserved_s=tail(),
+            share = split_training_budget(total_s, clock.elapsed(), len(todo), reserved_s=reserved,
                                           min_training_s=min_training_s, strict=True)[0]
         else:
             rest = todo[i:]
+            needs = [need(per_case, *t) for t in rest]
             # the primary configuration's folds count one by one; another configuration's folds are all or none
             groups = [None if t[0] == choice.configurations[0] else t[0] for t in rest]
-            fit, share = trainings_that_fit(total_s, clock.elapsed(), [need(*t) for t in rest], reserved_s=tail(),
-                                            groups=groups)
+            fit, share = trainings_that_fit(total_s, clock.elapsed(), needs, reserved_s=reserved, groups=groups)
             if fit == 0:
                 left_out = rest
                 report(f"the run is behind its schedule: {total_s - clock.elapsed():.0f} s are left and "
-                       f"{tail():.0f} s are kept for the stages after training, but {c} fold {f} needs "
-                       f"{need(c, f):.0f} s to be worth training (its final validation included): "
+                       f"{reserved:.0f} s are kept for the stages after training, but {c} fold {f} needs "
+                       f"{needs[0]:.0f} s to be worth training (its final validation included): "
                        f"{len(rest)} training(s) left out")
                 break
             if fit < len(rest):
