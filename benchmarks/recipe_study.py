@@ -257,16 +257,17 @@ def main(argv: list[str] | None = None) -> int:
             results = [r for r in on_disk if (r["dataset"], r["budget"], r["recipe"], r["fold"])
                        != (ds.name, budget, recipe, fold)] + [record]
             write_json(results_path, results)
-            write_report(out)
+            write_report(out, results)
     write_json(out / "machine.json", machine_info())
     write_report(out)
     return 0
 
 
-def write_report(out: Path) -> None:
+def write_report(out: Path, results: list[dict[str, Any]] | None = None) -> None:
     """OUT/recipe_study.md: mean foreground Dice per dataset x recipe (mean over folds), per budget, then the
     grid of the two main recipes fold by fold; OUT/recipe_study.png: the same grid as a picture."""
-    results = json.loads((out / "results.json").read_text())
+    if results is None:
+        results = json.loads((out / "results.json").read_text())
     recipes = [r for r in RECIPES if any(x["recipe"] == r for x in results)]
     lines = ["| dataset | budget | iterations | " + " | ".join(recipes) + " |",
              "|---|---|---|" + "---|" * len(recipes)]
@@ -300,7 +301,7 @@ def report_only(path: Path) -> int:
               file=sys.stderr)
         return 2
     if path.is_dir():
-        write_report(path)
+        write_report(path, results)
         print(f"wrote {path / 'recipe_study.md'}")
         return 0
     print("\n".join(grid_table(results)))
