@@ -1,5 +1,5 @@
 """The reference pages stay true to the code: docs/cli.md names every command and long flag the parser
-accepts, docs/architecture.md every module."""
+accepts, docs/architecture.md every module, docs/plans_format.md every field written to disk."""
 from __future__ import annotations
 
 import argparse
@@ -46,3 +46,17 @@ def test_every_module_is_in_the_architecture_map():
     assert not missing, f"docs/architecture.md has no row for: {', '.join(missing)}"
     named = set(re.findall(r"autoseg/[\w/]+\.py", doc))
     assert named and not [n for n in named if not (root / n).exists()], "docs/architecture.md names a module that is gone"
+
+
+def test_every_field_written_to_a_work_folder_file_is_in_the_format_page():
+    """Each field of the dataclasses autoseg writes to disk (schemas/) is named in docs/plans_format.md."""
+    import dataclasses
+
+    from autoseg import schemas
+
+    doc = (CLI_MD.parent / "plans_format.md").read_text()
+    classes = [c for c in vars(schemas).values() if isinstance(c, type) and dataclasses.is_dataclass(c)]
+    assert len(classes) >= 10
+    missing = [f"{c.__name__}.{f.name}" for c in classes for f in dataclasses.fields(c)
+               if not re.search(rf"`{re.escape(f.name)}`|`{re.escape(f.name)}\.|`{re.escape(f.name)}_", doc)]
+    assert not missing, f"docs/plans_format.md does not name: {', '.join(missing)}"
