@@ -37,11 +37,9 @@ FAST_TRAIN = ["--epochs", "1", "--iterations-per-epoch", "2", "--validation-iter
               "fp32", "--num-workers", "0", "--no-progress"]
 
 
-@pytest.fixture(scope="session")
-def lowres_run(tmp_path_factory) -> Path:
-    """5 cases planned, hand-made 3d_lowres (spacing x2) + 3d_cascade_fullres entries, all 5 lowres folds
-    trained (a few iterations) with their final validation. Shared by the cascade training and
-    prediction tests: they may add cascade folds, nothing else."""
+def make_cascade_run(root: Path) -> Path:
+    """5 cases planned into ``root/run`` with hand-made 3d_lowres (spacing x2) + 3d_cascade_fullres
+    entries, the lowres data preprocessed; nothing trained."""
     from dataclasses import replace
 
     from autoseg.cli import main
@@ -51,7 +49,6 @@ def lowres_run(tmp_path_factory) -> Path:
     from autoseg.schemas import save_json
     from autoseg.workdir import Workdir
 
-    root = tmp_path_factory.mktemp("cascade")
     ds = make_synthetic_dataset(root / CASCADE_DATASET, n_cases=5, shape=(12, 16, 16), with_test_cases=2)
     run = root / "run"
     assert main(["plan", str(ds), "--workdir", str(run), "--no-progress", "--num-workers", "1",
@@ -69,6 +66,16 @@ def lowres_run(tmp_path_factory) -> Path:
     save_json(replace(plans, configurations={**plans.configurations, "3d_lowres": lowres,
                                              "3d_cascade_fullres": cascade}), wd.plans_json)
     preprocess_dataset(load_manifest(run), lowres, wd, num_workers=1, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def lowres_run(tmp_path_factory) -> Path:
+    """:func:`make_cascade_run` with all 5 lowres folds trained (a few iterations) with their final
+    validation. Shared by the cascade training and prediction tests: they may add cascade folds, nothing else."""
+    from autoseg.cli import main
+
+    run = make_cascade_run(tmp_path_factory.mktemp("cascade"))
     for k in range(5):
         assert main(["train", "--workdir", str(run), "-c", "3d_lowres", "--fold", str(k), *FAST_TRAIN]) == 0
     return run

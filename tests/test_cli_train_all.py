@@ -55,3 +55,23 @@ def test_benchmark_passes_its_flags_to_the_harness(monkeypatch, tmp_path) -> Non
 
 def test_the_real_harness_is_where_the_cli_looks() -> None:
     assert cli.BENCHMARK_SCRIPT.is_file(), "benchmarks/baseline.py moved: update autoseg.cli.BENCHMARK_SCRIPT"
+
+
+def test_every_configuration_on_one_fold_leaves_a_cascade_waiting_for_its_previous_stage(tmp_path, capsys) -> None:
+    """`train --fold 0` without -c trains what it can: the cascade needs every 3d_lowres fold's held-out
+    predictions, so on fold 0 it is skipped with the reason and the command to run, not a failed loop."""
+    from tests.conftest import make_cascade_run
+
+    run = make_cascade_run(tmp_path)
+    capsys.readouterr()
+    assert main(["train", "--workdir", str(run), "--fold", "0", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert (run / "results" / "3d_lowres" / "fold_0" / "checkpoint_final.pt").is_file()
+    assert (run / "results" / "3d_fullres" / "fold_0" / "checkpoint_final.pt").is_file()
+    assert not (run / "results" / "3d_cascade_fullres" / "fold_0").exists()
+    assert "skipped: 3d_cascade_fullres fold 0 not trained yet" in out
+    assert "3d_lowres fold(s) 0, 1, 2, 3, 4 are not trained yet" in out  # --no-validation: fold 0 wrote none
+    assert "-c 3d_lowres --fold K" in out
+    # naming the cascade itself still fails with the missing files and the commands that write them
+    assert main(["train", "--workdir", str(run), "-c", "3d_cascade_fullres", "--fold", "0", *TINY]) == 1
+    assert "autoseg train --workdir" in capsys.readouterr().err

@@ -287,6 +287,38 @@ def planned_in_training_order(workdir: str | Path) -> list[str]:
     return stage_order(plans, list(plans.configurations))
 
 
+def _previous_stage_files(wd: Workdir, splits: Splits, config: ConfigurationPlan, case_ids: list[str]
+                          ) -> tuple[dict[str, Path], list[str], list[int]]:
+    """(case id -> the previous stage's ``<case>_seg.npy``, the case ids whose file is missing, the previous
+    stage's folds that write them)."""
+    from ..training.cascade import previous_stage_fold, previous_stage_seg_paths
+
+    paths = previous_stage_seg_paths(wd, splits, config.previous_stage, case_ids)
+    missing = [cid for cid, path in paths.items() if not path.is_file()]
+    return paths, missing, sorted({previous_stage_fold(splits, cid) for cid in missing})
+
+
+def waiting_for_previous_stage(workdir: str | Path, configuration: str, fold: str) -> str | None:
+    """Why ``configuration`` cannot train ``fold`` yet (its previous stage's held-out predictions are
+    missing: folds of the previous stage not trained), or None when it can (or has no previous stage)."""
+    store = RunStore(workdir)
+    config = store.plans().configuration(configuration)
+    if not config.previous_stage:
+        return None
+    splits = store.splits()
+    from ..training.splits import fold_cases
+
+    train_ids, val_ids = fold_cases(splits, fold)
+    _, missing, folds = _previous_stage_files(store.wd, splits, config, [*train_ids, *val_ids])
+    if not missing:
+        return None
+    return (f"{configuration} fold {fold} not trained yet: it trains on the held-out predictions of "
+            f"{config.previous_stage}, and {config.previous_stage} fold(s) {', '.join(map(str, folds))} are not "
+            f"trained yet (or did not finish their final validation). Train them (`autoseg train --workdir "
+            f"{store.root} -c {config.previous_stage} --fold K`, or this loop over every fold), then run this "
+            f"command again: finished trainings are reused.")
+
+
 def _require_previous_stage(wd: Workdir, plans: Plans, config: ConfigurationPlan, splits: Splits,
                             case_ids: list[str]) -> dict[str, Path]:
     """case id -> the previous stage's ``<case>_seg.npy`` from the fold that held the case out.
@@ -295,13 +327,10 @@ def _require_previous_stage(wd: Workdir, plans: Plans, config: ConfigurationPlan
     them (training a previous-stage fold, or re-running a trained one, writes its held-out cases').
     """
     from ..model.cascade import cascade_foreground_labels
-    from ..training.cascade import previous_stage_fold, previous_stage_seg_paths
 
     prev = config.previous_stage
-    paths = previous_stage_seg_paths(wd, splits, prev, case_ids)
-    missing = [cid for cid, path in paths.items() if not path.is_file()]
+    paths, missing, folds = _previous_stage_files(wd, splits, config, case_ids)
     if missing:
-        folds = sorted({previous_stage_fold(splits, cid) for cid in missing})
         cmds = "; ".join(f"autoseg train --workdir {wd.root} -c {prev} --fold {k}" for k in folds)
         shown = ", ".join(str(paths[c]) for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise AutosegError(f"{config.name} trains on the held-out predictions of {prev}, but {len(missing)} of "
@@ -350,6 +379,12 @@ def train(workdir: str | Path, fold: str, *, configuration: str | None = None, o
         for i, name in enumerate(names):
             if len(names) > 1 and report is not None:
                 report(f"== {name} fold {fold} ({i + 1} of {len(names)} configurations: {', '.join(names)})")
+            # every planned configuration: a cascade stage whose previous stage lacks other folds waits (the
+            # loop over folds trains it on its last fold; run again for the rest) instead of failing the loop
+            waiting = waiting_for_previous_stage(workdir, name, fold) if configuration is None else None
+            if waiting:
+                (report or log.warning)(f"skipped: {waiting}")
+                continue
             results.append(train_fold(workdir, name, fold, overrides=overrides, progress=progress,
                                       validate=validate))
     finally:
