@@ -123,8 +123,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="fraction of each batch centred on foreground (default 0.33)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
-                   help="default auto: fp16 autocast on CUDA; on a CPU with native bf16 the faster of "
-                        "fp32 and bf16, measured on the real network; else fp32")
+                   help="default auto: on CUDA bf16 autocast where the GPU supports it, else fp16; on a CPU with "
+                        "native bf16 the faster of fp32 and bf16, measured on the real network; else fp32")
     p.add_argument("--time-budget", type=duration, default=None, metavar="DURATION",
                    help="wall-clock budget for this training, e.g. 20m: the epoch count is sized from the "
                         "measured iteration time so that training and final validation end inside it")
