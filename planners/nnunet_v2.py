@@ -19,6 +19,7 @@ class NnUNetV2Planner(DefaultPlanner):
     """nnU-Net v2's plan for an 8 GB GPU, independent of the machine: the comparison baseline."""
 
     name = "nnunet_v2"
+    fit_to_measured_gpu_memory = False  # the baseline stays nnU-Net's plan: no dry run corrects it on a GPU
     description = ("nnU-Net v2's default plan (8 GB GPU target, 32 base features, batch rounded like nnU-Net) "
                    "whatever the hardware: the baseline for comparisons")
 

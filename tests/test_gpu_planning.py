@@ -134,3 +134,16 @@ def test_channels_last_is_kept_only_when_it_measures_at_least_3_percent_faster()
     assert choose_memory_format({"contiguous": 0.100, "channels_last": 0.080})[0] is True
     use, reason = choose_memory_format({"contiguous": 0.100, "channels_last": 0.099})
     assert use is False and "does not save 3 %" in reason and "0.0990 s/step" in reason
+
+
+def test_the_nnunet_v2_baseline_is_never_dry_run(tmp_path, planned_cuda):
+    """The baseline planner reproduces nnU-Net's plan for its fixed 8 GB target on any machine: no dry run on
+    the GPU that is here corrects it (the default planner's is, above)."""
+    _, _, ds, _ = planned_cuda
+    result = plan_dataset(ds, tmp_path / "nn", device="cuda", gpu_memory_gb=140, planner="nnunet_v2", progress=False,
+                          num_workers=1, measure_cpu=False,
+                          measure_memory=lambda cfg: pytest.fail("the nnunet_v2 baseline was dry-run"))
+    assert not any(d.subject == "measured_memory" for d in result.plans.decisions)
+    for cfg in result.plans.configurations.values():
+        assert not any(d.subject == "measured_memory" for d in cfg.decisions)
+        assert next(d for d in cfg.decisions if d.subject == "device").rule == "nnunet_fixed_8gb_target"

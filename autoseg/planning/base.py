@@ -147,6 +147,9 @@ class Planner(abc.ABC):
     dummy_2d_aspect_threshold: float = 3.0
     #: seconds per training a CPU plan assumes without --time-budget (recorded in plans.json; training uses it)
     default_cpu_time_budget_s: float = DEFAULT_CPU_TIME_BUDGET_S
+    #: on CUDA, `autoseg plan` corrects this planner's patch and batch by dry runs on the GPU that is here
+    #: (planning/measured.py, unless --no-dry-run); a planner that reproduces a fixed plan sets False
+    fit_to_measured_gpu_memory: bool = True
 
     def plan(self, fingerprint: Fingerprint, budget: HardwareBudget, time_budget_s: float | None = None) -> Plans:
         """Plan every configuration for ``fingerprint`` on ``budget``; a pure function of its arguments.

@@ -121,10 +121,11 @@ def _plans(fp: Fingerprint, hardware: HardwareBudget, time_budget_s: float | Non
             new = replace(new, time_budget_s=float(time_budget_s), time_budget_given=True)
         new = replace(new, autoseg_version=__version__, schema_version=SCHEMA_VERSION)
     else:
-        new = get_planner(planner_name).plan(fp, hardware, time_budget_s=time_budget_s)
+        planner = get_planner(planner_name)
+        new = planner.plan(fp, hardware, time_budget_s=time_budget_s)
         new = replace(new, planner=planner_name, autoseg_version=__version__,
                       fingerprint_hash=stable_hash(fp), schema_version=SCHEMA_VERSION)
-        if gpu_dry_run:
+        if gpu_dry_run and getattr(planner, "fit_to_measured_gpu_memory", True):
             new = _gpu_dry_run(new, len(fp.cases), measure_memory)
     if wd.plans_json.exists() and not overwrite:
         try:
