@@ -343,3 +343,16 @@ def test_gpu_check_table_and_its_refusal_without_cuda(capsys):
         return
     assert gpu_check.main(["--out", "/tmp/never_written_gpu_check"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_the_recipe_study_page_shows_the_grid_of_its_results_file():
+    """docs/benchmarks/recipe_study.md carries the grid table that --report makes from recipe_study.json (a cell
+    added to the JSON without refreshing the page, or a number edited by hand, fails here)."""
+    import recipe_study as rs
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+    page = (docs / "recipe_study.md").read_text()
+    start = page.index("\n", page.index("<!-- grid:")) + 1
+    shown = page[start:page.index("<!-- /grid -->")].strip()
+    made = "\n".join(rs.grid_table(json.loads((docs / "recipe_study.json").read_text()))).strip()
+    assert shown == made
