@@ -315,8 +315,8 @@ def waiting_for_previous_stage(workdir: str | Path, configuration: str, fold: st
     return (f"{configuration} fold {fold} not trained yet: it trains on the held-out predictions of "
             f"{config.previous_stage}, and {config.previous_stage} fold(s) {', '.join(map(str, folds))} are not "
             f"trained yet (or did not finish their final validation). Train them (`autoseg train --workdir "
-            f"{store.root} -c {config.previous_stage} --fold K`, or this loop over every fold), then run this "
-            f"command again: finished trainings are reused.")
+            f"{store.root} -c {config.previous_stage} --fold K` for each, or `autoseg train --workdir {store.root} "
+            f"--fold K` for every fold), then run this command again: finished trainings are reused.")
 
 
 def _require_previous_stage(wd: Workdir, plans: Plans, config: ConfigurationPlan, splits: Splits,
