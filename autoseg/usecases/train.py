@@ -383,7 +383,8 @@ def train(workdir: str | Path, fold: str, *, configuration: str | None = None, o
             # loop over folds trains it on its last fold; run again for the rest) instead of failing the loop
             waiting = waiting_for_previous_stage(workdir, name, fold) if configuration is None else None
             if waiting:
-                (report or log.warning)(f"skipped: {waiting}")
+                if os.environ.get("RANK", "0") == "0":  # under torchrun every rank skips it; rank 0 says so
+                    (report or log.warning)(f"skipped: {waiting}")
                 continue
             results.append(train_fold(workdir, name, fold, overrides=overrides, progress=progress,
                                       validate=validate))
