@@ -68,6 +68,11 @@ _CONTEXT: DistContext | None = None
 _CONTROL_GROUP: Any = None
 
 
+def is_main_process() -> bool:
+    """True outside a torchrun job, and on its rank 0."""
+    return not launched_by_torchrun() or int(os.environ["RANK"]) == 0
+
+
 def from_environment(device: str) -> DistContext | None:
     """Join the torchrun job this process belongs to (once); None when it was not started by torchrun."""
     global _CONTEXT, _CONTROL_GROUP

@@ -125,7 +125,7 @@ def _plans(fp: Fingerprint, hardware: HardwareBudget, time_budget_s: float | Non
         new = planner.plan(fp, hardware, time_budget_s=time_budget_s)
         new = replace(new, planner=planner_name, autoseg_version=__version__,
                       fingerprint_hash=stable_hash(fp), schema_version=SCHEMA_VERSION)
-        if gpu_dry_run and getattr(planner, "fit_to_measured_gpu_memory", True):
+        if gpu_dry_run and planner.fit_to_measured_gpu_memory:
             new = _gpu_dry_run(new, len(fp.cases), measure_memory)
     if wd.plans_json.exists() and not overwrite:
         try:

@@ -371,7 +371,7 @@ def train(workdir: str | Path, fold: str, *, configuration: str | None = None, o
           report: Callable[[str], None] | None = None) -> list[TrainResult]:
     """`autoseg train`: ``configuration``, or every planned one in training order (previous stages
     first), on ``fold``; ``report`` gets a header line before each when there are several."""
-    from ..training.distributed import launched_by_torchrun, shutdown
+    from ..training.distributed import is_main_process, launched_by_torchrun, shutdown
 
     names = [configuration] if configuration else planned_in_training_order(workdir)
     results = []
@@ -383,7 +383,7 @@ def train(workdir: str | Path, fold: str, *, configuration: str | None = None, o
             # loop over folds trains it on its last fold; run again for the rest) instead of failing the loop
             waiting = waiting_for_previous_stage(workdir, name, fold) if configuration is None else None
             if waiting:
-                if os.environ.get("RANK", "0") == "0":  # under torchrun every rank skips it; rank 0 says so
+                if is_main_process():  # under torchrun every rank skips it; rank 0 says so
                     (report or log.warning)(f"skipped: {waiting}")
                 continue
             results.append(train_fold(workdir, name, fold, overrides=overrides, progress=progress,
