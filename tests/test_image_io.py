@@ -100,17 +100,97 @@ def test_segmentation_uses_smallest_fitting_type(tmp_path) -> None:
     assert back.dtype == np.int32 and back.max() == 70000
 
 
-def test_png_segmentation_is_uint8_and_refuses_large_labels(tmp_path) -> None:
+def test_png_segmentation_is_uint8_then_uint16_and_bmp_refuses_large_labels(tmp_path) -> None:
     seg = np.random.default_rng(2).integers(0, 3, GEOM_2D_PLAIN.shape_zyx)
     write_segmentation(seg, GEOM_2D_PLAIN, tmp_path / "s.png")
     back, geom = read_label(tmp_path / "s.png")
     assert back.dtype == np.uint8 and back.shape == (1, 8, 9)
     np.testing.assert_array_equal(back, seg)
     _assert_geometry(geom, GEOM_2D_PLAIN)
-    seg[0, 0, 0] = 256
-    with pytest.raises(AutosegError, match=r"s2\.png.*0\.\.255"):
-        write_segmentation(seg, GEOM_2D_PLAIN, tmp_path / "s2.png")
-    assert not (tmp_path / "s2.png").exists()
+    seg[0, 0, 0] = 260  # a 16-bit PNG dataset's labels: predictions and validations must hold them too
+    write_segmentation(seg, GEOM_2D_PLAIN, tmp_path / "s16.png")
+    back, _ = read_label(tmp_path / "s16.png")
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, seg)
+    with pytest.raises(AutosegError, match=r"s2\.bmp.*0\.\.255"):
+        write_segmentation(seg, GEOM_2D_PLAIN, tmp_path / "s2.bmp")
+    seg[0, 0, 0] = 70000
+    with pytest.raises(AutosegError, match=r"s3\.png.*0\.\.65535"):
+        write_segmentation(seg, GEOM_2D_PLAIN, tmp_path / "s3.png")
+    assert not (tmp_path / "s2.bmp").exists() and not (tmp_path / "s3.png").exists()
+
+
+def _pil_png(path, array, mode, palette=None) -> None:
+    from PIL import Image
+
+    im = Image.fromarray(array, mode=None if mode in ("P", "1") else mode)
+    if mode == "P":
+        im = Image.fromarray(array).convert("L").point(lambda v: v).convert("P")
+        im.putdata(array.ravel().tolist())
+        im.putpalette(palette)
+    elif mode == "1":
+        im = Image.fromarray(array.astype(bool))
+    im.save(path)
+
+
+def test_png_palette_labels_read_as_indices_and_palette_images_as_colours(tmp_path) -> None:
+    idx = (np.arange(72).reshape(8, 9) % 3).astype(np.uint8)
+    colours = [0, 0, 0, 200, 10, 10, 10, 200, 10] + [0] * (3 * 253)  # VOC-style: black, red, green
+    _pil_png(tmp_path / "voc.png", idx, "P", colours)
+    label, geom = read_label(tmp_path / "voc.png")
+    assert label.shape == (1, 8, 9) and geom.size == (9, 8)
+    np.testing.assert_array_equal(label[0], idx)  # indices, not colours
+    image, geom = read_image(tmp_path / "voc.png")
+    assert image.shape == (3, 1, 8, 9) and geom.components == 3 == read_image_info(tmp_path / "voc.png").components
+    np.testing.assert_array_equal(image[:, 0, 0, 1], [200, 10, 10])
+    grey = [v for i in range(256) for v in (i, i, i)]
+    _pil_png(tmp_path / "grey.png", idx * 40, "P", grey)
+    image, geom = read_image(tmp_path / "grey.png")
+    assert image.shape == (1, 1, 8, 9) and geom.components == 1
+    np.testing.assert_array_equal(image[0, 0], idx * 40)
+
+
+def test_one_bit_and_grey_alpha_pngs(tmp_path) -> None:
+    mask = (np.arange(72).reshape(8, 9) % 2).astype(np.uint8)
+    _pil_png(tmp_path / "bits.png", mask, "1")
+    label, _ = read_label(tmp_path / "bits.png")
+    np.testing.assert_array_equal(label[0], mask)  # 0/1, not 0/255
+    la = np.stack([mask * 7, np.full_like(mask, 255)], -1)
+    _pil_png(tmp_path / "la.png", la, "LA")
+    image, geom = read_image(tmp_path / "la.png")
+    assert image.shape == (1, 1, 8, 9) and geom.components == 1
+    np.testing.assert_array_equal(image[0, 0], mask * 7)
+
+
+def test_tiff_with_several_grey_samples_reads_one_channel_per_sample(tmp_path) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    data = np.stack([np.arange(72, dtype=np.uint16).reshape(8, 9) + 100 * c for c in range(4)], -1)
+    tifffile.imwrite(tmp_path / "ms.tif", data, photometric="minisblack", planarconfig="contig")  # (Y, X, S)
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(data, -1, 0).astype(np.float32),
+                     photometric="minisblack", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "rgbx.tif", data, photometric="rgb", extrasamples=["unspecified"])
+    for name in ("ms.tif", "planar.tif", "rgbx.tif"):
+        image, geom = read_image(tmp_path / name)
+        assert image.shape == (4, 1, 8, 9), name
+        assert geom.components == 4 == read_image_info(tmp_path / name).components
+        np.testing.assert_array_equal(image[:, 0], np.moveaxis(data, -1, 0))
+        with pytest.raises(AutosegError, match=rf"{name.replace('.', '[.]')}.*4 channels per pixel"):
+            read_label(tmp_path / name)
+    tifffile.imwrite(tmp_path / "rgba.tif", data.astype(np.uint8), photometric="rgb", extrasamples=["unassalpha"])
+    assert read_image(tmp_path / "rgba.tif")[0].shape == (3, 1, 8, 9)  # a real alpha band is still dropped
+
+
+def test_palette_and_one_bit_tiff_labels(tmp_path) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    idx = (np.arange(72).reshape(8, 9) % 3).astype(np.uint8)
+    cmap = np.zeros((3, 256), np.uint16)
+    cmap[:, :3] = np.array([[0, 0, 0], [1, 1, 1], [2, 2, 2]]).T * 257
+    tifffile.imwrite(tmp_path / "pal.tif", idx, photometric="palette", colormap=cmap)
+    label, _ = read_label(tmp_path / "pal.tif")
+    np.testing.assert_array_equal(label[0], idx)  # not idx * 256
+    tifffile.imwrite(tmp_path / "bits.tif", idx.astype(bool), photometric="minisblack")
+    label, _ = read_label(tmp_path / "bits.tif")
+    np.testing.assert_array_equal(label[0], idx.astype(bool).astype(np.uint8))
 
 
 def test_png_grey_and_rgb(tmp_path) -> None:

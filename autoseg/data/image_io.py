@@ -18,7 +18,8 @@ Formats (chosen by the file ending, see :data:`SUPPORTED_ENDINGS`): NIfTI (.nii.
 (2D or 3D) and the 2D natural-image formats PNG, TIFF and BMP (grey or RGB).
 Unreadable, empty or truncated files raise :class:`~autoseg.errors.AutosegError` naming the file.
 NaN/Inf voxels of float NIfTI files are kept (SimpleITK alone reads them as 0); a BMP with a grey
-palette reads as one channel.
+palette reads as one channel. PNG and TIFF layouts SimpleITK reads wrongly (palettes, 1-bit, grey + alpha,
+several grey samples per pixel, planar or non-alpha extra bands) are read by ``natural_images``.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ import SimpleITK as sitk
 from ..atomic import atomic_write
 from ..errors import AutosegError
 from ..schemas import Geometry
+from .natural_images import Layout, read_pixels, special_layout
 from .raw_checks import check_complete, ending_of, restore_nonfinite, short_reason, unreadable
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 SUPPORTED_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".png", ".tif", ".tiff", ".bmp")
 #: 2D natural-image formats: may hold RGB(A) pixels; an alpha channel is dropped on reading.
 NATURAL_IMAGE_ENDINGS: tuple[str, ...] = (".png", ".tif", ".tiff", ".bmp")
-#: formats that store 8-bit values only (labels and images are written as uint8)
+#: formats written with 8-bit values (images always; labels too, except a PNG's labels above 255: uint16)
 EIGHT_BIT_ENDINGS: tuple[str, ...] = (".png", ".bmp")
 #: formats that store an image in one compressed stream: write them compressed
 _COMPRESSIBLE_ENDINGS = (".nrrd", ".mha")
@@ -119,9 +121,41 @@ def _read_array(path: Path) -> tuple[np.ndarray, sitk.Image]:
     return arr, img
 
 
+def _special(path: Path) -> Layout | None:
+    """The layout of a PNG/TIFF that SimpleITK reads wrongly (see ``natural_images``), after the same
+    existence and emptiness checks as every other read."""
+    if ending_of(path) not in NATURAL_IMAGE_ENDINGS:
+        return None
+    if not path.is_file():
+        raise AutosegError(f"{path}: file does not exist; expected an image file here; check the path")
+    if path.stat().st_size == 0:
+        raise unreadable(path, "the file is empty (0 bytes)")
+    return special_layout(path)
+
+
+def _special_geometry(path: Path, layout: Layout, components: int) -> Geometry:
+    """A 2D geometry of ``layout``'s size: spacing and origin from the header where SimpleITK can read it
+    (PNG pHYs, TIFF resolution), else 1 mm pixels at the origin, as SimpleITK gives files without them."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    spacing, origin = (1.0, 1.0), (0.0, 0.0)
+    try:
+        reader.ReadImageInformation()
+        if reader.GetDimension() == 2 and tuple(reader.GetSize()) == layout.size:
+            spacing = tuple(float(v) for v in reader.GetSpacing())
+            origin = tuple(float(v) for v in reader.GetOrigin())
+    except RuntimeError:
+        pass
+    return Geometry(ndim=2, size=layout.size, spacing=spacing, origin=origin, direction=(1.0, 0.0, 0.0, 1.0),
+                    components=components)
+
+
 def read_image_info(path: str | os.PathLike) -> Geometry:
     """The Geometry of an image file from its header only (fast; no voxel data is read)."""
     path = Path(path)
+    layout = _special(path)
+    if layout is not None:
+        return _special_geometry(path, layout, layout.components)
     if not path.is_file():
         raise AutosegError(f"{path}: file does not exist; expected an image file here; check the path")
     reader = sitk.ImageFileReader()
@@ -148,6 +182,11 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     Raises AutosegError naming the file when it is missing, empty, truncated, unreadable or 4D.
     """
     path = Path(path)
+    layout = _special(path)
+    if layout is not None:
+        pixels = read_pixels(path, layout, label=False)
+        arr = (np.moveaxis(pixels, -1, 0) if pixels.ndim == 3 else pixels[None])[:, None]
+        return np.ascontiguousarray(arr, dtype=np.float32), _special_geometry(path, layout, arr.shape[0])
     arr, img = _read_array(path)
     n_comp = img.GetNumberOfComponentsPerPixel()
     kept = _kept_components(path, n_comp)
@@ -169,6 +208,14 @@ def read_label(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     A 2D file gives Z == 1. Multi-component (RGB) label files raise AutosegError.
     """
     path = Path(path)
+    layout = _special(path)
+    if layout is not None:
+        pixels = read_pixels(path, layout, label=True)
+        if pixels.ndim == 3:
+            raise AutosegError(f"{path}: is a label file with {pixels.shape[-1]} channels per pixel ({layout.reason}); "
+                               f"expected one integer label value per pixel; save the label map as a "
+                               f"single-channel (greyscale) image with values 0, 1, 2, ...")
+        return pixels[None], _special_geometry(path, layout, 1)
     arr, img = _read_array(path)
     n_comp = img.GetNumberOfComponentsPerPixel()
     if _kept_components(path, n_comp) > 1:
@@ -280,8 +327,8 @@ def write_segmentation(seg: np.ndarray, geometry: Geometry, path: str | os.PathL
     """Write an integer label map ``seg`` (Z, Y, X) with exactly ``geometry``'s spacing/origin/direction.
 
     The format follows ``path``'s ending. A 2D geometry writes a 2D file from ``seg[0]``. PNG and BMP
-    are written as uint8 (AutosegError for values outside 0..255); other formats use the smallest
-    fitting type of uint8 / int16 / int32. Atomic.
+    are written as uint8; a PNG with labels above 255 as uint16 (AutosegError for values outside 0..65535
+    in PNG, 0..255 in BMP); other formats use the smallest fitting type of uint8 / int16 / int32. Atomic.
     """
     path = Path(path)
     ending = _check_ending(path)
@@ -290,11 +337,14 @@ def write_segmentation(seg: np.ndarray, geometry: Geometry, path: str | os.PathL
         raise TypeError(f"segmentation for {path} must be an integer array, got {seg.dtype}")
     _check_shape(seg.shape, geometry, f"segmentation for {path}")
     lo, hi = (int(seg.min()), int(seg.max())) if seg.size else (0, 0)
-    if ending in EIGHT_BIT_ENDINGS:
-        if lo < 0 or hi > 255:
-            raise AutosegError(f"{path}: {ending} stores 8-bit labels 0..255, found values {lo}..{hi}; "
+    if ending == ".png" and 0 <= lo and 255 < hi <= 65535:
+        dtype: type = np.uint16  # a 16-bit PNG, as the dataset's labels above 255 must have been stored
+    elif ending in EIGHT_BIT_ENDINGS:
+        top = 65535 if ending == ".png" else 255
+        if lo < 0 or hi > top:
+            raise AutosegError(f"{path}: {ending} stores labels 0..{top}, found values {lo}..{hi}; "
                                f"write the segmentation as .nii.gz, .nrrd, .mha or .tif instead")
-        dtype: type = np.uint8
+        dtype = np.uint8
     else:
         dtype = _smallest_int_dtype(lo, hi)
     data = seg.astype(dtype, copy=False)
