@@ -143,6 +143,23 @@ def test_save_and_load_probabilities(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case_007.npz", "other.npz"]  # no temp left
 
 
+def test_quantized_probabilities_are_small_and_read_back_within_half_a_step(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = np.zeros((8, 32, 32), np.int64)
+    labels[2:6, 4:20, 4:20], labels[1:3, 20:30, 10:30] = 1, 2
+    logits = 12.0 * np.eye(4, dtype=np.float32)[labels].transpose(3, 0, 1, 2)  # a trained network: confident
+    logits += rng.normal(0, 0.3, logits.shape).astype(np.float32)  # with noisy low bits
+    probs = np.exp(logits) / np.exp(logits).sum(0)
+    save_probabilities(probs, tmp_path / "half.npz")
+    save_probabilities(probs, tmp_path / "q.npz", quantize=True)
+    with np.load(tmp_path / "q.npz", allow_pickle=False) as f:
+        assert "probabilities" not in f.files and f["probabilities_uint8"].dtype == np.uint8
+    loaded, case_id = load_probabilities(tmp_path / "q.npz")
+    assert case_id == "q" and loaded.dtype == np.float32 and loaded.shape == probs.shape
+    assert np.abs(loaded - probs).max() <= 0.5 / 255 + 1e-6
+    assert (tmp_path / "q.npz").stat().st_size * 5 < (tmp_path / "half.npz").stat().st_size
+
+
 def test_load_probabilities_errors(tmp_path):
     with pytest.raises(AutosegError, match="does not exist"):
         load_probabilities(tmp_path / "missing.npz")

@@ -100,7 +100,7 @@ def validate_fold(wd: Workdir, plans: Plans, config: ConfigurationPlan, settings
                                               step_size=float(mode.get("step_size", 0.5)))
             seg = probabilities_to_segmentation(probs, spec)
             if save_probabilities_npz:
-                save_probabilities(probs, prob_path, case_id=cid)
+                save_probabilities(probs, prob_path, case_id=cid, quantize=True)  # for find-best's ensembles
             write_prediction(seg, props, pred_path)
             seconds[cid] = round(time.monotonic() - t0, 3)
             del probs
