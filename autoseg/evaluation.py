@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from .data import labels as _labels
+from .data.raw_checks import ending_of
 from .errors import AutosegError
 
 log = logging.getLogger(__name__)
@@ -289,9 +290,28 @@ def _evaluate_pair(case_id: str, pred_path: str, ref_path: str, labels: list[Ite
                                   tolerance_mm=tolerance_mm, ignore_label=ignore_label)
 
 
+#: what ``predict --save-uncertainty`` writes beside ``<case><ending>``: not a prediction of its own
+UNCERTAINTY_SUFFIX = "_uncertainty"
+
+
 def _cases_in(folder: Path, file_ending: str) -> dict[str, Path]:
-    return {p.name[: -len(file_ending)]: p for p in sorted(folder.iterdir())
-            if p.is_file() and p.name.endswith(file_ending) and not p.name.startswith(".")}
+    found = {p.name[: -len(file_ending)]: p for p in sorted(folder.iterdir())
+             if p.is_file() and p.name.endswith(file_ending) and not p.name.startswith(".")}
+    return {c: p for c, p in found.items()
+            if not (c.endswith(UNCERTAINTY_SUFFIX) and c[: -len(UNCERTAINTY_SUFFIX)] in found)}
+
+
+def uncertainty_companion(name: str, names: Collection[str]) -> bool:
+    """True for ``<case>_uncertainty<ext>`` when ``names`` also hold ``<case><ext2>`` (any ending: a PNG
+    prediction's uncertainty is written as .nii.gz)."""
+    def stem(n: str) -> str:
+        return n[: len(n) - len(ending_of(n))]
+
+    own = stem(name)
+    if not own.endswith(UNCERTAINTY_SUFFIX):
+        return False
+    case = own[: -len(UNCERTAINTY_SUFFIX)]
+    return any(stem(n) == case for n in names if n != name)
 
 
 def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, labels: Sequence[Item],
@@ -321,6 +341,11 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, la
     if not preds:
         raise AutosegError(f"no predictions ending in '{file_ending}' found in {pred_dir}; check the "
                            f"folder and the file ending (dataset.json 'file_ending')")
+    if case_ids is None:
+        unscored = sorted(c for c in refs if c not in preds)
+        if unscored:
+            log.warning("%d reference case(s) in %s have no prediction in %s and are not scored: %s%s",
+                        len(unscored), ref_dir, pred_dir, ", ".join(unscored[:10]), " ..." if len(unscored) > 10 else "")
     no_ref = [c for c in preds if c not in refs]
     if no_ref:
         raise AutosegError(f"{len(no_ref)} prediction(s) in {pred_dir} have no reference in {ref_dir}: "

@@ -297,7 +297,11 @@ def label_warnings(fp: Fingerprint, configurations: dict[str, ConfigurationPlan]
     for ls in fp.label_stats:
         totals[ls.label] = sum(int(v) for v in ls.voxels_per_case.values())
         absent = len(ls.absent_in_cases)
-        if n and absent / n > ABSENT_CASES_WARNING_FRACTION:
+        if n and absent == n:
+            out.append(f"label {ls.label} ({ls.name}) is absent in every training case: the network can never "
+                       f"learn it and will not predict it; check the label files, or remove the label from "
+                       f"dataset.json")
+        elif n and absent / n > ABSENT_CASES_WARNING_FRACTION:
             out.append(f"label {ls.label} ({ls.name}) is absent in {absent} of {n} cases "
                        f"({absent / n:.0%} > {ABSENT_CASES_WARNING_FRACTION:.0%}): check the labels; training sees "
                        f"it less often and its Dice is undefined on empty cases")

@@ -173,6 +173,21 @@ def test_evaluate_folders(folders):
     assert s["per_case"]["c2"]["1"]["surface_dice"] == 1.0
 
 
+def test_uncertainty_maps_beside_predictions_are_not_cases(folders, caplog):
+    from autoseg.usecases.evaluate import evaluate
+
+    pred_dir, ref_dir = folders
+    _write(pred_dir / "c1_uncertainty.nii.gz", np.zeros((6, 6, 8)))  # predict --save-uncertainty writes these
+    _write(pred_dir / "c2_uncertainty.nii.gz", np.zeros((6, 6, 8)))
+    with caplog.at_level("WARNING"):
+        s = evaluate_folders(pred_dir, ref_dir, [1], ".nii.gz")
+    assert set(s["per_case"]) == {"c1", "c2"}
+    assert "c3" in caplog.text and "not scored" in caplog.text  # the unscored reference is said
+    for p in pred_dir.glob("*_uncertainty.nii.gz"):  # a PNG dataset's uncertainty is .nii.gz
+        p.rename(p.with_name(p.name.replace(".nii.gz", ".mha")))
+    assert set(evaluate(pred_dir, ref_dir, labels=[1], progress=False).summary["per_case"]) == {"c1", "c2"}
+
+
 def test_evaluate_folders_errors(folders, tmp_path):
     pred_dir, ref_dir = folders
     with pytest.raises(AutosegError, match=r"missing in .*c3\.nii\.gz"):

@@ -258,6 +258,10 @@ def test_label_warnings():
     assert any("tiny objects" in w and "foreground_oversampling[3d_fullres]" in w for w in warnings)
     assert not any("consider raising" in w for w in warnings)  # measured not to help: no longer advised
     assert not get_planner("default").plan(hippocampus(), gpu(8)).warnings
+    never = make_fingerprint([(1.0, 1.0, 1.0)] * 10, [(64, 64, 64)] * 10, absent=10)
+    warnings = get_planner("default").plan(never, gpu(8)).warnings
+    assert any("absent in every training case" in w and "can never learn it" in w for w in warnings)
+    assert not any("less often" in w for w in warnings)
 
 
 def test_every_configuration_explains_its_foreground_sampling():

@@ -191,7 +191,8 @@ def _label_problems(rel: str, arr: np.ndarray, declared: set[int] | None) -> lis
                        f"re-export the label map with integer values")
         fractional = finite[finite != np.round(finite)]
         if fractional.size:
-            out.append(f"{rel} contains non-integer label values (e.g. {_fmt(fractional[:5])}); expected "
+            shown = ", ".join(np.format_float_positional(v) for v in fractional[:5])  # every digit: 1.0000001
+            out.append(f"{rel} contains non-integer label values (e.g. {shown}); expected "
                        f"integer labels; round the label map or re-export it with an integer type (the "
                        f"label may have been resampled with linear interpolation: use nearest neighbour)")
         values = np.round(finite[finite == np.round(finite)]).astype(np.int64)
