@@ -44,6 +44,28 @@ def test_a_larger_budget_adds_folds_then_configurations(plans_3d):
     assert both.per_training_s == pytest.approx(GOOD_TRAINING_S)
 
 
+def test_fewer_folds_in_the_splits_cap_the_choice(plans_3d):
+    three = choose_trainings(plans_3d, 6 * GOOD_TRAINING_S, folds_available=3)
+    assert three.folds == [0, 1, 2] and "on all 3 folds" in three.reasons[0]
+    # 3 folds of 3d_fullres leave room for 2d too, which 5 folds did not (test above)
+    assert three.configurations == ["3d_fullres", "2d"] and three.per_training_s == pytest.approx(GOOD_TRAINING_S)
+
+
+def test_a_dataset_of_three_cases_is_split_into_three_folds_and_one_case_is_refused(tmp_path, caplog):
+    from autoseg.usecases.plan import plan_dataset
+
+    ds = make_synthetic_dataset(tmp_path / "Dataset017_Three", n_cases=3, shape=(10, 16, 16))
+    with caplog.at_level("WARNING"):
+        plan_dataset(ds, tmp_path / "run", device="cpu", cpu_gflops=100, num_workers=1, progress=False, preprocess=())
+    splits = RunStore(tmp_path / "run").splits()
+    assert len(splits.folds) == 3 and sorted(c for f in splits.folds for c in f.val) == [f"synth_{i:03d}" for i in range(3)]
+    assert "3-fold cross-validation" in caplog.text
+    one = make_synthetic_dataset(tmp_path / "Dataset018_One", n_cases=1, shape=(10, 16, 16))
+    with pytest.raises(AutosegError, match="1 training case.*at least 2.*add training cases"):
+        plan_dataset(one, tmp_path / "run1", device="cpu", cpu_gflops=100, num_workers=1, progress=False, preprocess=())
+    assert not RunStore(tmp_path / "run1").wd.plans_json.exists()  # nothing that looks planned is left
+
+
 def test_2d_data_and_the_cascade(plans_3d):
     only_2d = replace(plans_3d, configurations={"2d": plans_3d.configurations["2d"]})
     assert choose_trainings(only_2d, 100 * GOOD_TRAINING_S).configurations == ["2d"]

@@ -103,9 +103,7 @@ def _tiff_layout(path: Path) -> Layout | None:
         return None
     base, keep = _kept_samples(photometric, samples, extras)
     kept = len(keep)
-    if samples == 1:
-        size = (shape[-1], shape[-2])
-    elif planar == _PLANAR_SEPARATE:
+    if samples == 1 or planar == _PLANAR_SEPARATE:
         size = (shape[-1], shape[-2])
     else:
         size = (shape[-2], shape[-3])

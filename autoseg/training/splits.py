@@ -25,6 +25,7 @@ from ..schemas import SCHEMA_VERSION, Fold, Splits, from_dict, stable_hash
 logger = logging.getLogger(__name__)
 
 USER_SPLITS_SEED = -1  # recorded as Splits.seed for a user's file (no seed was used)
+DEFAULT_N_FOLDS = 5  # nnU-Net's; fewer when the dataset has fewer training cases
 
 
 def case_ids_hash(case_ids: Sequence[str]) -> str:
@@ -32,7 +33,7 @@ def case_ids_hash(case_ids: Sequence[str]) -> str:
     return stable_hash(sorted(case_ids))
 
 
-def make_splits(case_ids: Sequence[str], n_folds: int = 5, seed: int = 12345) -> Splits:
+def make_splits(case_ids: Sequence[str], n_folds: int = DEFAULT_N_FOLDS, seed: int = 12345) -> Splits:
     """Shuffled k-fold splits of ``case_ids``; each case is in exactly one fold's val list.
 
     Deterministic in ``seed`` and independent of the order of ``case_ids``. Raises AutosegError
@@ -48,7 +49,7 @@ def make_splits(case_ids: Sequence[str], n_folds: int = 5, seed: int = 12345) ->
                            f"case with --fold all instead")
     if len(ids) < n_folds:
         raise AutosegError(f"{n_folds}-fold cross-validation needs at least {n_folds} training cases, "
-                           f"found {len(ids)}; add cases, use fewer folds, or train with --fold all")
+                           f"found {len(ids)}; add cases, or give a splits file with fewer folds (--splits FILE)")
     order = np.arange(len(ids))
     np.random.RandomState(seed).shuffle(order)
     sizes = np.full(n_folds, len(ids) // n_folds, dtype=int)

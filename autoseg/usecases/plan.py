@@ -158,7 +158,7 @@ def _plans(fp: Fingerprint, hardware: HardwareBudget, time_budget_s: float | Non
 
 def _splits(case_ids: list[str], store: RunStore, *, splits_file: str | Path | None, seed: int,
             overwrite: bool) -> Splits:
-    from ..training.splits import load_user_splits, make_splits
+    from ..training.splits import DEFAULT_N_FOLDS, load_user_splits, make_splits
 
     path = store.wd.splits_json
     ids_hash = stable_hash(sorted(case_ids))
@@ -176,7 +176,14 @@ def _splits(case_ids: list[str], store: RunStore, *, splits_file: str | Path | N
             return old
         if old is not None:
             log.info("the training cases changed: making new splits")
-        splits = make_splits(case_ids, n_folds=5, seed=seed)
+        if len(case_ids) < 2:
+            raise AutosegError(f"the dataset has {len(case_ids)} training case(s); cross-validation needs at least 2 "
+                               f"(one to train on, one to validate); add training cases")
+        n_folds = min(DEFAULT_N_FOLDS, len(case_ids))
+        if n_folds < DEFAULT_N_FOLDS:
+            log.warning("only %d training cases: %d-fold cross-validation (one validation case per fold) instead "
+                        "of %d folds; give --splits FILE for other folds", len(case_ids), n_folds, DEFAULT_N_FOLDS)
+        splits = make_splits(case_ids, n_folds=n_folds, seed=seed)
     splits = replace(splits, case_ids_hash=ids_hash)
     store.save(splits, path)
     return splits
@@ -259,6 +266,9 @@ def plan_dataset(dataset_dir: str | Path, workdir: str | Path, *, planner: str =
         store.save(manifest, store.wd.manifest_json)
         digests.save()
         fp = _fingerprint(manifest, store, num_workers=num_workers, progress=progress, overwrite=overwrite)
+        # the splits before the plans: a dataset that cannot be split leaves no plans.json behind
+        _splits([c.case_id for c in manifest.cases], store, splits_file=splits_file, seed=split_seed,
+                overwrite=overwrite)
         speed = None
         if measure_cpu and cpu_gflops is None and resolve_device(device, gpu_memory_gb) == "cpu":
             from ..training.speed_probe import cpu_speed_for_planning
@@ -270,8 +280,6 @@ def plan_dataset(dataset_dir: str | Path, workdir: str | Path, *, planner: str =
                        gpu_dry_run=gpu_dry_run, measure_memory=measure_memory)
         explained = explain_plans(plans)
         atomic_write_text(store.wd.plans_explained_txt, "\n".join(explained) + "\n")
-        _splits([c.case_id for c in manifest.cases], store, splits_file=splits_file, seed=split_seed,
-                overwrite=overwrite)
         _preprocess(manifest, plans, store, preprocess, num_workers=num_workers, progress=progress,
                     overwrite=overwrite)
         return PlanResult(workdir=store.root, plans=plans, explained=explained)

@@ -70,24 +70,26 @@ def _primary(plans: Plans) -> str:
 
 
 def choose_trainings(plans: Plans, training_s: float, *, good_training_s: float = GOOD_TRAINING_S,
-                     min_training_s: float = MIN_TRAINING_S) -> TrainingChoice:
+                     min_training_s: float = MIN_TRAINING_S, folds_available: int = N_FOLDS) -> TrainingChoice:
     """Which configurations and folds fit ``training_s`` seconds of training (a pure function).
 
-    The primary configuration (3d_fullres for 3D data, else 2d) is always trained. Five folds when each
-    gets ``good_training_s``; fewer folds (at least one) when not, because on a small budget one longer
+    The primary configuration (3d_fullres for 3D data, else 2d) is always trained. All folds (five, or
+    ``folds_available``) when each gets ``good_training_s``; fewer folds (at least one) when not, because on a small budget one longer
     training beats five short ones, and find-best then selects on the folds there are. Every other
-    configuration (2d for 3D data, then 3d_lowres + 3d_cascade_fullres) is added, five folds each,
-    only while every training keeps ``good_training_s``.
+    configuration (2d for 3D data, then 3d_lowres + 3d_cascade_fullres) is added, all folds each,
+    only while every training keeps ``good_training_s``. ``folds_available``: the folds of splits.json
+    (fewer than 5 for a dataset of fewer than 5 training cases, or a user's splits file).
     """
     primary = _primary(plans)
     reasons: list[str] = []
-    n_folds = int(max(1, min(N_FOLDS, math.floor(training_s / good_training_s))))
-    if n_folds < N_FOLDS:
-        reasons.append(f"{primary} on {n_folds} fold(s): {training_s:.0f} s of training give each of 5 folds "
-                       f"{training_s / N_FOLDS:.0f} s, less than the {good_training_s:.0f} s a training needs to get "
+    all_folds = max(1, min(N_FOLDS, folds_available))
+    n_folds = int(max(1, min(all_folds, math.floor(training_s / good_training_s))))
+    if n_folds < all_folds:
+        reasons.append(f"{primary} on {n_folds} fold(s): {training_s:.0f} s of training give each of {all_folds} folds "
+                       f"{training_s / all_folds:.0f} s, less than the {good_training_s:.0f} s a training needs to get "
                        f"close to what more time gives; one longer training beats several short ones")
     else:
-        reasons.append(f"{primary} on all 5 folds: each gets {training_s / N_FOLDS:.0f} s (>= {good_training_s:.0f} s)")
+        reasons.append(f"{primary} on all {all_folds} folds: each gets {training_s / all_folds:.0f} s (>= {good_training_s:.0f} s)")
     configs = [primary]
     extras: list[list[str]] = []
     if primary == "3d_fullres" and "2d" in plans.configurations:
@@ -95,13 +97,13 @@ def choose_trainings(plans: Plans, training_s: float, *, good_training_s: float 
     if "3d_lowres" in plans.configurations and "3d_cascade_fullres" in plans.configurations:
         extras.append(["3d_lowres", "3d_cascade_fullres"])
     for extra in extras:
-        if n_folds < N_FOLDS:
-            reasons.append(f"{' + '.join(extra)} not trained: the budget does not give {primary} its 5 folds")
+        if n_folds < all_folds:
+            reasons.append(f"{' + '.join(extra)} not trained: the budget does not give {primary} its {all_folds} folds")
             continue
-        share = training_s / (N_FOLDS * (len(configs) + len(extra)))
+        share = training_s / (all_folds * (len(configs) + len(extra)))
         if share >= good_training_s:
             configs += extra
-            reasons.append(f"{' + '.join(extra)} added (5 folds each): every training still gets {share:.0f} s, "
+            reasons.append(f"{' + '.join(extra)} added ({all_folds} folds each): every training still gets {share:.0f} s, "
                            f"and find-best can then choose among more configurations and ensembles")
         else:
             reasons.append(f"{' + '.join(extra)} not trained: with it every training would get {share:.0f} s "
@@ -195,14 +197,15 @@ def run(dataset: str | Path, workdir: str | Path, *, time_budget_s: float, predi
 
     planned = clock.run("plan", lambda: plan(provisional))
     training_s = provisional * N_FOLDS
+    folds_available = len(store.splits().folds)
     choice = choose_trainings(planned.plans, training_s, good_training_s=good_training_s,
-                              min_training_s=min_training_s)
+                              min_training_s=min_training_s, folds_available=folds_available)
     if abs(choice.per_training_s - provisional) > 0.1 * provisional:
         planned = clock.run("plan", lambda: plan(choice.per_training_s))
         if not set(choice.configurations) <= set(planned.plans.configurations):
             # the plan for the new share has other configurations (e.g. no 3d_lowres): choose among those
             choice = choose_trainings(planned.plans, training_s, good_training_s=good_training_s,
-                                      min_training_s=min_training_s)
+                                      min_training_s=min_training_s, folds_available=folds_available)
     plans = planned.plans
     report(f"budget {time_budget_s:.0f} s: {len(choice.trainings)} training(s) of ~{choice.per_training_s:.0f} s")
     for reason in choice.reasons:
