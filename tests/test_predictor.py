@@ -158,6 +158,7 @@ def test_missing_checkpoints_list_the_commands(run):
     for fold in (1, 2, 3, 4):
         assert f"autoseg train --workdir {wd} -c 2d --fold {fold}" in msg
     assert "-c 2d --fold 0" not in msg and "3d_fullres --fold" not in msg
+    assert "predict with the folds that exist: add `--folds 0`" in msg  # what can be done right now
     with pytest.raises(AutosegError, match="unknown configuration '3d_fulres'; did you mean '3d_fullres'"):
         Predictor(wd, configurations=["3d_fulres"], device="cpu")
 

@@ -63,6 +63,18 @@ class ModelSource(ABC):
         """AutosegError before any loading when a (configuration, fold) needed is not there or unusable."""
 
     @abstractmethod
+    def _with_what_exists(self, stages: Sequence[str], folds: Sequence[int | str], checkpoint: str) -> str:
+        """The flags that predict with the trained networks there are, when some are."""
+        trained = {c: [str(f) for f in folds if self.wd.checkpoint(c, f, checkpoint).is_file()] for c in stages}
+        common = [f for f in map(str, folds) if all(f in trained[c] for c in stages)]
+        if common:
+            return f"or predict with the folds that exist: add `--folds {' '.join(common)}`"
+        alone = [c for c in stages if trained[c] and not self.plans.configuration(c).previous_stage]
+        if alone:
+            c = alone[0]
+            return f"or predict with what is trained: add `-c {c} --folds {' '.join(trained[c])}`"
+        return "or predict with the folds that exist (--folds ...) once one is trained"
+
     def load_weights(self, config: ConfigurationPlan, fold: int | str, checkpoint: str,
                      network: torch.nn.Module) -> str | None:
         """Load the weights of (config, fold) into ``network``; return the precision it was trained in."""
@@ -125,13 +137,29 @@ class WorkdirSource(ModelSource):
                        describe: Describe) -> None:
         missing = [(c, f) for c in stages for f in folds if not self.wd.checkpoint(c, f, checkpoint).is_file()]
         if missing:
-            cmds = "\n".join(f"  autoseg train --workdir {self.wd.root} -c {c} --fold {f}" for c, f in missing)
+            shown = 6
+            cmds = "\n".join(f"  autoseg train --workdir {self.wd.root} -c {c} --fold {f}" for c, f in missing[:shown])
+            if len(missing) > shown:
+                cmds += f"\n  ... and {len(missing) - shown} more (or `autoseg train --workdir {self.wd.root} --fold K` " \
+                        f"for every configuration of fold K)"
             raise AutosegError(f"{len(missing)} of the {len(stages) * len(folds)} trained "
                                f"networks needed are missing (checkpoint_{checkpoint}.pt of "
                                f"{', '.join(describe(c, f) for c, f in missing)}); run:\n{cmds}\n"
-                               f"or predict with the folds that exist (--folds ...)")
+                               f"{self._with_what_exists(stages, folds, checkpoint)}")
         self.store.refuse_stale_folds(self.plans, [(c, f) for c in stages for f in folds], purpose="to predict",
                                       alternative="or predict with other folds (--folds) or configurations (-c)")
+
+    def _with_what_exists(self, stages: Sequence[str], folds: Sequence[int | str], checkpoint: str) -> str:
+        """The flags that predict with the trained networks there are, when some are."""
+        trained = {c: [str(f) for f in folds if self.wd.checkpoint(c, f, checkpoint).is_file()] for c in stages}
+        common = [f for f in map(str, folds) if all(f in trained[c] for c in stages)]
+        if common:
+            return f"or predict with the folds that exist: add `--folds {' '.join(common)}`"
+        alone = [c for c in stages if trained[c] and not self.plans.configuration(c).previous_stage]
+        if alone:
+            c = alone[0]
+            return f"or predict with what is trained: add `-c {c} --folds {' '.join(trained[c])}`"
+        return "or predict with the folds that exist (--folds ...) once one is trained"
 
     def load_weights(self, config: ConfigurationPlan, fold: int | str, checkpoint: str,
                      network: torch.nn.Module) -> str | None:
@@ -207,6 +235,18 @@ class ZipSource(ModelSource):
             raise AutosegError(f"model {self.zip.path} holds no network for {', '.join(missing)}: it holds "
                                f"{', '.join(m.stages)} with folds {', '.join(m.folds)}; predict with those "
                                f"(-c / --folds), or export the model again from a work folder that has them")
+
+    def _with_what_exists(self, stages: Sequence[str], folds: Sequence[int | str], checkpoint: str) -> str:
+        """The flags that predict with the trained networks there are, when some are."""
+        trained = {c: [str(f) for f in folds if self.wd.checkpoint(c, f, checkpoint).is_file()] for c in stages}
+        common = [f for f in map(str, folds) if all(f in trained[c] for c in stages)]
+        if common:
+            return f"or predict with the folds that exist: add `--folds {' '.join(common)}`"
+        alone = [c for c in stages if trained[c] and not self.plans.configuration(c).previous_stage]
+        if alone:
+            c = alone[0]
+            return f"or predict with what is trained: add `-c {c} --folds {' '.join(trained[c])}`"
+        return "or predict with the folds that exist (--folds ...) once one is trained"
 
     def load_weights(self, config: ConfigurationPlan, fold: int | str, checkpoint: str,
                      network: torch.nn.Module) -> str | None:
