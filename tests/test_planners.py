@@ -10,6 +10,7 @@ import pytest
 from autoseg.planning.explain import explain_plans
 from autoseg.planning.registry import available_planners, get_planner
 from autoseg.planning.sampling import forced_foreground_count, patch_holds_median_image
+from autoseg.errors import AutosegError
 from autoseg.schemas import (CaseFingerprint, Fingerprint, HardwareBudget, IntensityStats, LabelStats, Plans,
                              from_dict, to_dict)
 
@@ -144,6 +145,13 @@ def test_mixed_ct_and_mri_channels():
     assert [n.use_mask for n in norm] == [False, True, False]  # only z-score uses the mask
     assert norm[0].clip_low == -950.0 and norm[1].clip_low is None
     assert plans.configurations["3d_fullres"].network.in_channels == 3
+
+
+def test_an_rgb_named_channel_with_values_beyond_8_bits_is_refused_at_planning():
+    # make_fingerprint's intensities range over [-1000, 3000]: not what 'rgb_to_0_1' (divide by 255) expects
+    fp = make_fingerprint([(1.0, 1.0, 1.0)] * 5, [(64, 64, 64)] * 5, channels={"0": "rgb_to_0_1"})
+    with pytest.raises(AutosegError, match=r"channel 0 'rgb_to_0_1'.*\[-1000, 3000\].*rescale_to_0_1"):
+        get_planner("default").plan(fp, gpu(8))
 
 
 # ----------------------------------------------------------------------------------- configurations

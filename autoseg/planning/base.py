@@ -216,6 +216,13 @@ class Planner(abc.ABC):
                           f"rgb_to_0_1) -> per-case z-score.")
             else:
                 reason = f"channel {ch} is named '{name}' -> scheme '{scheme}'."
+            if scheme == "rgb_0_1" and ch in stats and (stats[ch].min < 0 or stats[ch].max > 255):
+                raise AutosegError(f"dataset.json of {fingerprint.dataset_name} names channel {ch} '{name}', which "
+                                   f"divides by 255 and expects 8-bit values, but its foreground intensities range "
+                                   f"over [{stats[ch].min:g}, {stats[ch].max:g}]; rename the channel in "
+                                   f"dataset.json 'channel_names' ('rescale_to_0_1' rescales each case to [0, 1]; any "
+                                   f"name without a special meaning, e.g. 'brightfield', gives per-case z-score) and "
+                                   f"rerun `autoseg plan ... --overwrite`")
             use_mask = scheme == "zscore" and rel < USE_MASK_RELATIVE_SIZE_THRESHOLD
             if scheme != "zscore":
                 mask_reason = f"channel {ch}: no mask, only z-score can normalize inside the nonzero mask."

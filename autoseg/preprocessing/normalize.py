@@ -108,9 +108,9 @@ def _rgb_0_1(volume: np.ndarray, spec: ChannelNormalization, mask: np.ndarray | 
     lo, hi = float(volume.min()), float(volume.max())
     if lo < 0 or hi > 255:
         raise AutosegError(f"channel {spec.channel} ('{spec.name}') uses scheme 'rgb_0_1', which expects "
-                           f"8-bit values in [0, 255], but found values in [{lo:g}, {hi:g}]; use "
-                           f"'zscore' or 'rescale_0_1' for this channel in plans.json (or rename the "
-                           f"channel in dataset.json) and rerun `autoseg plan --overwrite`.")
+                           f"8-bit values in [0, 255], but found values in [{lo:g}, {hi:g}]; rename the "
+                           f"channel in dataset.json 'channel_names' ('rescale_to_0_1', or any plain name for "
+                           f"z-score) and rerun `autoseg plan --overwrite`.")
     volume /= np.float32(255.0)
     return volume
 
