@@ -157,6 +157,19 @@ def test_an_rgb_named_channel_with_values_beyond_8_bits_is_refused_at_planning()
 # ----------------------------------------------------------------------------------- configurations
 
 
+def test_labels_the_lowres_spacing_makes_invisible_are_warned_about():
+    # large CT volumes and a CPU's small patch: the lowres search coarsens far (here ~12 x 6 x 6 mm)
+    big = [(2.5, 0.7, 0.7)] * 6, [(200, 512, 512)] * 6
+    small_objects = make_fingerprint(*big, component_voxels=60.0, channels={"0": "CT"})
+    plans = get_planner("default").plan(small_objects, cpu(gflops=50), time_budget_s=1200.0)
+    assert "3d_lowres" in plans.configurations
+    lost = [w for w in plans.warnings if w.startswith("3d_lowres at")]
+    assert len(lost) == 1 and "label(s) 1 (organ: ~60 -> ~0.2 voxels) below 8 voxels" in lost[0]
+    large_objects = make_fingerprint(*big, component_voxels=5e6, channels={"0": "CT"})
+    plans = get_planner("default").plan(large_objects, cpu(gflops=50), time_budget_s=1200.0)
+    assert "3d_lowres" in plans.configurations and not any(w.startswith("3d_lowres at") for w in plans.warnings)
+
+
 def test_large_image_gets_lowres_and_cascade_with_links():
     plans = get_planner("default").plan(large_ct(), gpu(8))
     assert set(plans.configurations) == {"2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"}

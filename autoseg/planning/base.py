@@ -28,7 +28,7 @@ from ..schemas import (SCHEMA_VERSION, ChannelNormalization, ConfigurationPlan, 
                        HardwareBudget, NetworkSpec, Plans, ResamplingSpec, stable_hash)
 from ..preprocessing.identity import data_identifier
 from .memory import gflop_per_iteration
-from .sampling import sampling_decision
+from .sampling import median_object_voxels, sampling_decision
 from .spacing import (fullres_target_spacing, inverse_permutation, lowres_spacing_step, median_resampled_shape,
                       permute, transpose_order)
 
@@ -305,12 +305,34 @@ class Planner(abc.ABC):
         configs[Configuration.LOWRES.value] = lowres
         configs[Configuration.CASCADE_FULLRES.value] = self._cascade(configs[Configuration.FULLRES.value], fingerprint)
         warnings += low_sizing.warnings
+        warnings += self._lost_at_lowres(fingerprint, configs[Configuration.FULLRES.value], lowres)
         decisions.append(replace(low_decision, subject="configuration[3d_lowres]", value=True))
         decisions.append(Decision("configuration[3d_cascade_fullres]", True, "cascade_follows_lowres",
                                   "3d_cascade_fullres refines the 3d_lowres prediction at full resolution."))
         return configs, decisions, warnings
 
     # ------------------------------------------------------------------ helpers
+
+    #: a label whose median object shrinks below this many voxels at the 3d_lowres spacing is warned about
+    lowres_min_object_voxels: float = 8.0
+
+    def _lost_at_lowres(self, fingerprint: Fingerprint, fullres: ConfigurationPlan,
+                        lowres: ConfigurationPlan) -> list[str]:
+        """A warning for labels the 3d_lowres spacing makes nearly invisible (a small patch, as on a CPU,
+        makes the lowres search coarsen far). The plan is kept: find-best compares the cascade with
+        3d_fullres on cross-validation, and the cascade still sees these labels at full resolution."""
+        at_full, at_low = median_object_voxels(fingerprint, fullres), median_object_voxels(fingerprint, lowres)
+        floor = self.lowres_min_object_voxels
+        lost = {lab: vox for lab, vox in at_low.items() if vox < floor <= at_full.get(lab, 0.0)}
+        if not lost:
+            return []
+        names = {ls.label: ls.name for ls in fingerprint.label_stats}
+        listed = ", ".join(f"{lab} ({names.get(lab, lab)}: ~{at_full[lab]:.0f} -> ~{vox:.1f} voxels)"
+                           for lab, vox in sorted(lost.items()))
+        spacing = " x ".join(f"{v:.3g}" for v in lowres.spacing_zyx_mm)
+        return [f"3d_lowres at {spacing} mm shrinks the median object of label(s) {listed} below "
+                f"{floor:g} voxels: the low-resolution stage can hardly segment them, and the cascade must find "
+                f"them at full resolution; find-best keeps 3d_fullres when the cascade does not pay off"]
 
     def _lowres(self, full_req: SizingRequest, full: Sizing, forward: list[int], fingerprint: Fingerprint,
                 budget: HardwareBudget) -> Decision | tuple[SizingRequest, Sizing, list[float], Decision]:
