@@ -63,18 +63,6 @@ class ModelSource(ABC):
         """AutosegError before any loading when a (configuration, fold) needed is not there or unusable."""
 
     @abstractmethod
-    def _with_what_exists(self, stages: Sequence[str], folds: Sequence[int | str], checkpoint: str) -> str:
-        """The flags that predict with the trained networks there are, when some are."""
-        trained = {c: [str(f) for f in folds if self.wd.checkpoint(c, f, checkpoint).is_file()] for c in stages}
-        common = [f for f in map(str, folds) if all(f in trained[c] for c in stages)]
-        if common:
-            return f"or predict with the folds that exist: add `--folds {' '.join(common)}`"
-        alone = [c for c in stages if trained[c] and not self.plans.configuration(c).previous_stage]
-        if alone:
-            c = alone[0]
-            return f"or predict with what is trained: add `-c {c} --folds {' '.join(trained[c])}`"
-        return "or predict with the folds that exist (--folds ...) once one is trained"
-
     def load_weights(self, config: ConfigurationPlan, fold: int | str, checkpoint: str,
                      network: torch.nn.Module) -> str | None:
         """Load the weights of (config, fold) into ``network``; return the precision it was trained in."""
@@ -235,18 +223,6 @@ class ZipSource(ModelSource):
             raise AutosegError(f"model {self.zip.path} holds no network for {', '.join(missing)}: it holds "
                                f"{', '.join(m.stages)} with folds {', '.join(m.folds)}; predict with those "
                                f"(-c / --folds), or export the model again from a work folder that has them")
-
-    def _with_what_exists(self, stages: Sequence[str], folds: Sequence[int | str], checkpoint: str) -> str:
-        """The flags that predict with the trained networks there are, when some are."""
-        trained = {c: [str(f) for f in folds if self.wd.checkpoint(c, f, checkpoint).is_file()] for c in stages}
-        common = [f for f in map(str, folds) if all(f in trained[c] for c in stages)]
-        if common:
-            return f"or predict with the folds that exist: add `--folds {' '.join(common)}`"
-        alone = [c for c in stages if trained[c] and not self.plans.configuration(c).previous_stage]
-        if alone:
-            c = alone[0]
-            return f"or predict with what is trained: add `-c {c} --folds {' '.join(trained[c])}`"
-        return "or predict with the folds that exist (--folds ...) once one is trained"
 
     def load_weights(self, config: ConfigurationPlan, fold: int | str, checkpoint: str,
                      network: torch.nn.Module) -> str | None:
