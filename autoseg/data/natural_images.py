@@ -46,7 +46,6 @@ class Layout:
     reader: str  # "pillow" or "tifffile"
     size: tuple[int, int]  # ITK order (x, y)
     components: int  # channels an image keeps (alpha dropped)
-    palette: bool  # pixel values are palette indices
     reason: str  # what SimpleITK would get wrong, for the logs and errors
 
 
@@ -73,10 +72,10 @@ def _png_layout(path: Path) -> Layout | None:
     if mode not in _PIL_MODES:
         return None
     if mode in ("P", "PA"):
-        return Layout("pillow", size, 1 if grey else 3, True, "a PNG with a palette")
+        return Layout("pillow", size, 1 if grey else 3, "a PNG with a palette")
     if mode == "1":
-        return Layout("pillow", size, 1, False, "a 1-bit PNG")
-    return Layout("pillow", size, 1, False, "a grey + alpha PNG")
+        return Layout("pillow", size, 1, "a 1-bit PNG")
+    return Layout("pillow", size, 1, "a grey + alpha PNG")
 
 
 def _grey_palette(palette: list[int]) -> bool:
@@ -109,17 +108,17 @@ def _tiff_layout(path: Path) -> Layout | None:
         size = (shape[-2], shape[-3])
     if photometric == _PALETTE:
         grey = colormap is None or _grey_palette(np.asarray(colormap).T.ravel().tolist())
-        return Layout("tifffile", size, 1 if grey else 3, True, "a TIFF with a palette")
+        return Layout("tifffile", size, 1 if grey else 3, "a TIFF with a palette")
     if bits == 1:
-        return Layout("tifffile", size, 1, False, "a 1-bit TIFF")
+        return Layout("tifffile", size, 1, "a 1-bit TIFF")
     if planar == _PLANAR_SEPARATE and samples > 1:
-        return Layout("tifffile", size, kept, False, "a TIFF stored band after band (planar)")
+        return Layout("tifffile", size, kept, "a TIFF stored band after band (planar)")
     if samples > 1 and photometric in (_MINISBLACK, _MINISWHITE):
-        return Layout("tifffile", size, kept, False, f"a TIFF with {samples} grey samples per pixel")
+        return Layout("tifffile", size, kept, f"a TIFF with {samples} grey samples per pixel")
     if kept > base:
-        return Layout("tifffile", size, kept, False, "a TIFF whose extra samples are not alpha")
+        return Layout("tifffile", size, kept, "a TIFF whose extra samples are not alpha")
     if photometric == _RGB and samples < 3:
-        return Layout("tifffile", size, kept, False, f"an RGB TIFF with {samples} samples per pixel")
+        return Layout("tifffile", size, kept, f"an RGB TIFF with {samples} samples per pixel")
     return None
 
 
