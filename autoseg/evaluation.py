@@ -344,8 +344,9 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, la
     if case_ids is None:
         unscored = sorted(c for c in refs if c not in preds)
         if unscored:
+            more = " ..." if len(unscored) > 10 else ""
             log.warning("%d reference case(s) in %s have no prediction in %s and are not scored: %s%s",
-                        len(unscored), ref_dir, pred_dir, ", ".join(unscored[:10]), " ..." if len(unscored) > 10 else "")
+                        len(unscored), ref_dir, pred_dir, ", ".join(unscored[:10]), more)
     no_ref = [c for c in preds if c not in refs]
     if no_ref:
         raise AutosegError(f"{len(no_ref)} prediction(s) in {pred_dir} have no reference in {ref_dir}: "

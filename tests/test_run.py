@@ -58,7 +58,8 @@ def test_a_dataset_of_three_cases_is_split_into_three_folds_and_one_case_is_refu
     with caplog.at_level("WARNING"):
         plan_dataset(ds, tmp_path / "run", device="cpu", cpu_gflops=100, num_workers=1, progress=False, preprocess=())
     splits = RunStore(tmp_path / "run").splits()
-    assert len(splits.folds) == 3 and sorted(c for f in splits.folds for c in f.val) == [f"synth_{i:03d}" for i in range(3)]
+    assert len(splits.folds) == 3
+    assert sorted(c for f in splits.folds for c in f.val) == [f"synth_{i:03d}" for i in range(3)]
     assert "3-fold cross-validation" in caplog.text
     one = make_synthetic_dataset(tmp_path / "Dataset018_One", n_cases=1, shape=(10, 16, 16))
     with pytest.raises(AutosegError, match="1 training case.*at least 2.*add training cases"):

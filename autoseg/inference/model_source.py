@@ -128,8 +128,8 @@ class WorkdirSource(ModelSource):
             shown = 6
             cmds = "\n".join(f"  autoseg train --workdir {self.wd.root} -c {c} --fold {f}" for c, f in missing[:shown])
             if len(missing) > shown:
-                cmds += f"\n  ... and {len(missing) - shown} more (or `autoseg train --workdir {self.wd.root} --fold K` " \
-                        f"for every configuration of fold K)"
+                cmds += (f"\n  ... and {len(missing) - shown} more (or `autoseg train --workdir {self.wd.root} "
+                         f"--fold K` for every configuration of fold K)")
             raise AutosegError(f"{len(missing)} of the {len(stages) * len(folds)} trained "
                                f"networks needed are missing (checkpoint_{checkpoint}.pt of "
                                f"{', '.join(describe(c, f) for c, f in missing)}); run:\n{cmds}\n"

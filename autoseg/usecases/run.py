@@ -74,11 +74,11 @@ def choose_trainings(plans: Plans, training_s: float, *, good_training_s: float 
     """Which configurations and folds fit ``training_s`` seconds of training (a pure function).
 
     The primary configuration (3d_fullres for 3D data, else 2d) is always trained. All folds (five, or
-    ``folds_available``) when each gets ``good_training_s``; fewer folds (at least one) when not, because on a small budget one longer
-    training beats five short ones, and find-best then selects on the folds there are. Every other
-    configuration (2d for 3D data, then 3d_lowres + 3d_cascade_fullres) is added, all folds each,
-    only while every training keeps ``good_training_s``. ``folds_available``: the folds of splits.json
-    (fewer than 5 for a dataset of fewer than 5 training cases, or a user's splits file).
+    ``folds_available``) when each gets ``good_training_s``; fewer folds (at least one) when not, because
+    on a small budget one longer training beats five short ones, and find-best then selects on the folds
+    there are. Every other configuration (2d for 3D data, then 3d_lowres + 3d_cascade_fullres) is added, all
+    folds each, only while every training keeps ``good_training_s``. ``folds_available``: the folds of
+    splits.json (fewer than 5 for a dataset of fewer than 5 training cases, or a user's splits file).
     """
     primary = _primary(plans)
     reasons: list[str] = []
@@ -89,7 +89,8 @@ def choose_trainings(plans: Plans, training_s: float, *, good_training_s: float 
                        f"{training_s / all_folds:.0f} s, less than the {good_training_s:.0f} s a training needs to get "
                        f"close to what more time gives; one longer training beats several short ones")
     else:
-        reasons.append(f"{primary} on all {all_folds} folds: each gets {training_s / all_folds:.0f} s (>= {good_training_s:.0f} s)")
+        reasons.append(f"{primary} on all {all_folds} folds: each gets {training_s / all_folds:.0f} s "
+                       f"(>= {good_training_s:.0f} s)")
     configs = [primary]
     extras: list[list[str]] = []
     if primary == "3d_fullres" and "2d" in plans.configurations:
@@ -103,8 +104,8 @@ def choose_trainings(plans: Plans, training_s: float, *, good_training_s: float 
         share = training_s / (all_folds * (len(configs) + len(extra)))
         if share >= good_training_s:
             configs += extra
-            reasons.append(f"{' + '.join(extra)} added ({all_folds} folds each): every training still gets {share:.0f} s, "
-                           f"and find-best can then choose among more configurations and ensembles")
+            reasons.append(f"{' + '.join(extra)} added ({all_folds} folds each): every training still gets "
+                           f"{share:.0f} s, and find-best can then choose among more configurations and ensembles")
         else:
             reasons.append(f"{' + '.join(extra)} not trained: with it every training would get {share:.0f} s "
                            f"(< {good_training_s:.0f} s)")
