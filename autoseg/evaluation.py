@@ -295,23 +295,19 @@ UNCERTAINTY_SUFFIX = "_uncertainty"
 
 
 def _cases_in(folder: Path, file_ending: str) -> dict[str, Path]:
-    found = {p.name[: -len(file_ending)]: p for p in sorted(folder.iterdir())
-             if p.is_file() and p.name.endswith(file_ending) and not p.name.startswith(".")}
-    return {c: p for c, p in found.items()
-            if not (c.endswith(UNCERTAINTY_SUFFIX) and c[: -len(UNCERTAINTY_SUFFIX)] in found)}
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    companions = uncertainty_companions([p.name for p in files])
+    return {p.name[: -len(file_ending)]: p for p in files
+            if p.name.endswith(file_ending) and p.name not in companions}
 
 
-def uncertainty_companion(name: str, names: Collection[str]) -> bool:
-    """True for ``<case>_uncertainty<ext>`` when ``names`` also hold ``<case><ext2>`` (any ending: a PNG
+def uncertainty_companions(names: Collection[str]) -> set[str]:
+    """The ``<case>_uncertainty<ext>`` among ``names`` whose case also has a file there (any ending: a PNG
     prediction's uncertainty is written as .nii.gz)."""
-    def stem(n: str) -> str:
-        return n[: len(n) - len(ending_of(n))]
-
-    own = stem(name)
-    if not own.endswith(UNCERTAINTY_SUFFIX):
-        return False
-    case = own[: -len(UNCERTAINTY_SUFFIX)]
-    return any(stem(n) == case for n in names if n != name)
+    stems = {n: n[: len(n) - len(ending_of(n))] for n in names}
+    others = set(stems.values())
+    return {n for n, stem in stems.items()
+            if stem.endswith(UNCERTAINTY_SUFFIX) and stem[: -len(UNCERTAINTY_SUFFIX)] in others}
 
 
 def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, labels: Sequence[Item],

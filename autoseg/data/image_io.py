@@ -103,12 +103,17 @@ def _check_dimension(path: Path, ndim: int, size: tuple[int, ...]) -> None:
                            f"re-export it as 2D or 3D")
 
 
-def _read_array(path: Path) -> tuple[np.ndarray, sitk.Image]:
-    """Read ``path`` -> (array as SimpleITK returns it, (Z,)Y,X[,comp]; the image), NaN/Inf kept."""
+def _check_present(path: Path) -> None:
+    """AutosegError naming ``path`` when it is missing or empty."""
     if not path.is_file():
         raise AutosegError(f"{path}: file does not exist; expected an image file here; check the path")
     if path.stat().st_size == 0:
         raise unreadable(path, "the file is empty (0 bytes)")
+
+
+def _read_array(path: Path) -> tuple[np.ndarray, sitk.Image]:
+    """Read ``path`` -> (array as SimpleITK returns it, (Z,)Y,X[,comp]; the image), NaN/Inf kept."""
+    _check_present(path)
     hdr = check_complete(path)
     try:
         img = sitk.ReadImage(str(path))
@@ -126,10 +131,7 @@ def _special(path: Path) -> Layout | None:
     existence and emptiness checks as every other read."""
     if ending_of(path) not in NATURAL_IMAGE_ENDINGS:
         return None
-    if not path.is_file():
-        raise AutosegError(f"{path}: file does not exist; expected an image file here; check the path")
-    if path.stat().st_size == 0:
-        raise unreadable(path, "the file is empty (0 bytes)")
+    _check_present(path)
     return special_layout(path)
 
 
@@ -157,7 +159,7 @@ def read_image_info(path: str | os.PathLike) -> Geometry:
     if layout is not None:
         return _special_geometry(path, layout, layout.components)
     if not path.is_file():
-        raise AutosegError(f"{path}: file does not exist; expected an image file here; check the path")
+        _check_present(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

@@ -47,6 +47,7 @@ class Layout:
     size: tuple[int, int]  # ITK order (x, y)
     components: int  # channels an image keeps (alpha dropped)
     reason: str  # what SimpleITK would get wrong, for the logs and errors
+    samples: tuple[int, ...] = ()  # TIFF: the samples per pixel kept, in order (alpha left out)
 
 
 def special_layout(path: Path) -> Layout | None:
@@ -112,13 +113,13 @@ def _tiff_layout(path: Path) -> Layout | None:
     if bits == 1:
         return Layout("tifffile", size, 1, "a 1-bit TIFF")
     if planar == _PLANAR_SEPARATE and samples > 1:
-        return Layout("tifffile", size, kept, "a TIFF stored band after band (planar)")
+        return Layout("tifffile", size, kept, "a TIFF stored band after band (planar)", keep)
     if samples > 1 and photometric in (_MINISBLACK, _MINISWHITE):
-        return Layout("tifffile", size, kept, f"a TIFF with {samples} grey samples per pixel")
+        return Layout("tifffile", size, kept, f"a TIFF with {samples} grey samples per pixel", keep)
     if kept > base:
-        return Layout("tifffile", size, kept, "a TIFF whose extra samples are not alpha")
+        return Layout("tifffile", size, kept, "a TIFF whose extra samples are not alpha", keep)
     if photometric == _RGB and samples < 3:
-        return Layout("tifffile", size, kept, f"an RGB TIFF with {samples} samples per pixel")
+        return Layout("tifffile", size, kept, f"an RGB TIFF with {samples} samples per pixel", keep)
     return None
 
 
@@ -160,26 +161,23 @@ def _read_tifffile(path: Path, layout: Layout, label: bool) -> np.ndarray:
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
         arr = page.asarray()
-        photometric = int(page.photometric)
-        samples = int(page.samplesperpixel)
-        extras = [int(e) for e in (page.extrasamples or ())]
-        if photometric == _PALETTE:
+        if int(page.photometric) == _PALETTE:
             if label:
                 return arr
             cmap = np.asarray(page.colormap)  # (3, 2**bits), 16-bit colours
             rgb = np.moveaxis(cmap[:, arr], 0, -1).astype(np.float32) / 257.0
             return rgb[..., 0] if layout.components == 1 else rgb
-        if samples == 1:
+        if int(page.samplesperpixel) == 1:
             return arr
         if int(page.planarconfig) == _PLANAR_SEPARATE:
             arr = np.moveaxis(arr, 0, -1)
-        return arr[..., _kept_samples(photometric, samples, extras)[1]]
+        return arr[..., list(layout.samples)]
 
 
-def _kept_samples(photometric: int, samples: int, extras: list[int]) -> tuple[int, list[int]]:
+def _kept_samples(photometric: int, samples: int, extras: list[int]) -> tuple[int, tuple[int, ...]]:
     """(colour samples, indices of the samples kept): the colour samples (3 for RGB, 1 for grey; an "RGB"
     file with fewer keeps what it has) and every extra sample that is not alpha (TIFF ExtraSamples 0,
     "unspecified data", is a channel: microscopy and multispectral files use it)."""
     base = min(samples, 3) if photometric == _RGB else 1
     extras = (extras + [0] * samples)[: max(0, samples - base)]
-    return base, list(range(base)) + [base + i for i, e in enumerate(extras) if e not in _ALPHA_EXTRASAMPLES]
+    return base, (*range(base), *(base + i for i, e in enumerate(extras) if e not in _ALPHA_EXTRASAMPLES))

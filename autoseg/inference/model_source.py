@@ -133,13 +133,14 @@ class WorkdirSource(ModelSource):
             raise AutosegError(f"{len(missing)} of the {len(stages) * len(folds)} trained "
                                f"networks needed are missing (checkpoint_{checkpoint}.pt of "
                                f"{', '.join(describe(c, f) for c, f in missing)}); run:\n{cmds}\n"
-                               f"{self._with_what_exists(stages, folds, checkpoint)}")
+                               f"{self._with_what_exists(stages, folds, missing)}")
         self.store.refuse_stale_folds(self.plans, [(c, f) for c in stages for f in folds], purpose="to predict",
                                       alternative="or predict with other folds (--folds) or configurations (-c)")
 
-    def _with_what_exists(self, stages: Sequence[str], folds: Sequence[int | str], checkpoint: str) -> str:
-        """The flags that predict with the trained networks there are, when some are."""
-        trained = {c: [str(f) for f in folds if self.wd.checkpoint(c, f, checkpoint).is_file()] for c in stages}
+    def _with_what_exists(self, stages: Sequence[str], folds: Sequence[int | str],
+                          missing: Sequence[tuple[str, int | str]]) -> str:
+        """The flags that predict with the trained networks there are (all but ``missing``), when some are."""
+        trained = {c: [str(f) for f in folds if (c, f) not in missing] for c in stages}
         common = [f for f in map(str, folds) if all(f in trained[c] for c in stages)]
         if common:
             return f"or predict with the folds that exist: add `--folds {' '.join(common)}`"

@@ -46,7 +46,7 @@ def evaluate(pred: str | Path, ref: str | Path, *, labels: list[int | list[int]]
     > 0 found in ``ref``. The ignore label: given, else dataset.json's; its voxels count for nothing.
     File ending: given, else dataset.json's, else the one ending of the files in ``pred``."""
     from ..atomic import atomic_write_json, read_json
-    from ..evaluation import evaluate_folders, format_table, uncertainty_companion
+    from ..evaluation import evaluate_folders, format_table, uncertainty_companions
 
     names: dict[str, str] = {}
     from_json: list[int | list[int]] = []
@@ -66,8 +66,8 @@ def evaluate(pred: str | Path, ref: str | Path, *, labels: list[int | list[int]]
         ending = ending or dj.get("file_ending")
     if ending is None:
         files = [p.name for p in Path(pred).iterdir() if p.is_file()]
-        endings = sorted({_ending(n) for n in files
-                          if not n.endswith((".json", ".npz")) and not uncertainty_companion(n, files)})
+        companions = uncertainty_companions(files)
+        endings = sorted({_ending(n) for n in files if not n.endswith((".json", ".npz")) and n not in companions})
         if len(endings) != 1:
             raise UsageError(f"cannot tell the file ending of {pred} (found {endings or 'no files'}); "
                              f"give --file-ending or --dataset-json")
